@@ -1,0 +1,3 @@
+module github.com/attestboot/attestboot/migrations
+
+go 1.26
