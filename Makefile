@@ -1,0 +1,47 @@
+# attestboot — the few commands a person runs. `make` lists them.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+export PATH := $(PATH):/usr/local/go/bin
+
+# Every module of the workspace, as import-path patterns (River's loop over `go list -m`).
+MODULES  := $(shell go list -m -f '{{.Path}}' 2>/dev/null)
+PACKAGES := $(addsuffix /...,$(MODULES))
+MODDIRS  := $(shell go list -m -f '{{.Dir}}' 2>/dev/null)
+
+STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
+TEST_FLAGS  ?= -count=1 -timeout 12m
+BENCH       ?= .
+
+.DEFAULT_GOAL := help
+
+.PHONY: help
+help: ## show this help
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+.PHONY: deps
+deps: ## install the Debian packages the tests and the demo need (only those missing)
+	@scripts/deps.sh
+
+.PHONY: generate
+generate: ## regenerate the Go code of the protobuf APIs
+	cd proto && go tool buf generate
+
+.PHONY: verify
+verify: ## generated code up to date, buf lint, gofmt, go vet, staticcheck, go.mod tidy
+	cd proto && go tool buf lint
+	$(MAKE) --no-print-directory generate
+	@git diff --exit-code --stat -- proto || { echo "generated code is stale: run 'make generate' and commit" >&2; exit 1; }
+	@test -z "$$(git status --porcelain --untracked-files=all -- proto)" || { git status --short -- proto; echo "generate left new files: commit them" >&2; exit 1; }
+	@out=$$(gofmt -l $(MODDIRS)); test -z "$$out" || { echo "gofmt needed:"; echo "$$out"; exit 1; } >&2
+	go vet $(PACKAGES)
+	go run $(STATICCHECK) $(PACKAGES)
+	@for d in $(MODDIRS); do (cd $$d && go mod tidy -diff) || { echo "go.mod/go.sum of $$d not tidy: run 'go mod tidy' there" >&2; exit 1; }; done
+
+.PHONY: test
+test: deps ## run every module's tests against real Postgres, swtpm, WireGuard and cloud-init
+	go test $(TEST_FLAGS) -p 2 $(PACKAGES)
+
+.PHONY: bench
+bench: deps ## run the benchmarks and print their figures
+	go test -run '^$$' -bench '$(BENCH)' -benchmem $(PACKAGES)
