@@ -1,0 +1,93 @@
+package inventory
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// ErrAttestationSpent is returned by ConsumeAttestation for an attestation that was already
+// consumed or has expired.
+var ErrAttestationSpent = errors.New("attestation already consumed or expired")
+
+// Attestation is a passed attestation: proof that the node's TPM (EK, AK) vouched for a
+// WireGuard key. Short-lived and single-use: it opens at most one tunnel.
+type Attestation struct {
+	ID                 string
+	SessionID          string
+	NodeID             string
+	EKSHA256           []byte
+	AKSHA256           []byte
+	WireGuardPublicKey []byte
+	CreatedAt          time.Time
+	ExpiresAt          time.Time
+	ConsumedAt         time.Time // zero until a tunnel consumed it
+}
+
+const attestationColumns = `id::text, session_id::text, node_id, ek_sha256, ak_sha256, wireguard_public_key,
+	created_at, expires_at, consumed_at`
+
+func scanAttestation(row pgx.Row) (Attestation, error) {
+	var (
+		a        Attestation
+		consumed *time.Time
+	)
+	err := row.Scan(&a.ID, &a.SessionID, &a.NodeID, &a.EKSHA256, &a.AKSHA256, &a.WireGuardPublicKey,
+		&a.CreatedAt, &a.ExpiresAt, &consumed)
+	a.CreatedAt, a.ExpiresAt = a.CreatedAt.UTC(), a.ExpiresAt.UTC()
+	if consumed != nil {
+		a.ConsumedAt = consumed.UTC()
+	}
+	return a, err
+}
+
+// CreateAttestation records a passed attestation, created now and expiring after ttl.
+func (q *Queries) CreateAttestation(ctx context.Context, a Attestation, ttl time.Duration) (Attestation, error) {
+	now := q.now()
+	row := q.db.QueryRow(ctx, `
+		INSERT INTO attestations (session_id, node_id, ek_sha256, ak_sha256, wireguard_public_key,
+			created_at, expires_at)
+		VALUES ($1, $2, $3, $4, $5, $6, $7)
+		RETURNING `+attestationColumns,
+		a.SessionID, a.NodeID, a.EKSHA256, a.AKSHA256, a.WireGuardPublicKey, now, now.Add(ttl))
+	stored, err := scanAttestation(row)
+	if err != nil {
+		return Attestation{}, dbError(fmt.Sprintf("create attestation for node %q", a.NodeID), err)
+	}
+	return stored, nil
+}
+
+// GetAttestation returns an attestation by id.
+func (q *Queries) GetAttestation(ctx context.Context, id string) (Attestation, error) {
+	a, err := scanAttestation(q.db.QueryRow(ctx, `SELECT `+attestationColumns+` FROM attestations WHERE id = $1`, id))
+	if err != nil {
+		return Attestation{}, dbError(fmt.Sprintf("get attestation %s", id), err)
+	}
+	return a, nil
+}
+
+// ConsumeAttestation marks an unconsumed, unexpired attestation consumed and returns it; exactly
+// one caller succeeds. It is ErrNotFound for an unknown id and ErrAttestationSpent (with the
+// attestation) when it was consumed before or has expired.
+func (q *Queries) ConsumeAttestation(ctx context.Context, id string) (Attestation, error) {
+	now := q.now()
+	op := fmt.Sprintf("consume attestation %s", id)
+	a, err := scanAttestation(q.db.QueryRow(ctx, `
+		UPDATE attestations SET consumed_at = $2
+		WHERE id = $1 AND consumed_at IS NULL AND expires_at > $2
+		RETURNING `+attestationColumns, id, now))
+	if err == nil {
+		return a, nil
+	}
+	if !errors.Is(err, pgx.ErrNoRows) {
+		return Attestation{}, dbError(op, err)
+	}
+	a, err = q.GetAttestation(ctx, id)
+	if err != nil {
+		return Attestation{}, err
+	}
+	return a, fmt.Errorf("%s: %w", op, ErrAttestationSpent)
+}

@@ -1,0 +1,122 @@
+package inventory_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/attestboot/attestboot/services/inventory"
+)
+
+func newSession(nodeID string, ek byte) inventory.Session {
+	b32 := func(b byte) []byte { return bytes.Repeat([]byte{b}, 32) }
+	return inventory.Session{
+		NodeID: nodeID, EKSHA256: b32(ek), AKPublic: []byte("tpmt_public"), AKSHA256: b32(2),
+		WireGuardPublicKey: b32(3), Nonce: b32(4), SecretSHA256: b32(5),
+	}
+}
+
+func TestSessionsAreSingleUseAndSuperseded(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	b := setup(t)
+	_, err := b.store.CreateNode(ctx, inventory.Node{ID: "n1", Enabled: true})
+	require.NoError(t, err)
+
+	first, err := b.store.CreateSession(ctx, newSession("n1", 1), time.Minute)
+	require.NoError(t, err)
+	require.Equal(t, inventory.SessionPending, first.State)
+	require.Equal(t, t0.Add(time.Minute), first.ExpiresAt)
+
+	// A second session of the same EK supersedes the first.
+	second, err := b.store.CreateSession(ctx, newSession("n1", 1), time.Minute)
+	require.NoError(t, err)
+	_, err = b.store.TakeSession(ctx, first.ID)
+	require.ErrorIs(t, err, inventory.ErrSessionEnded)
+	require.ErrorContains(t, err, "superseded")
+
+	taken, err := b.store.TakeSession(ctx, second.ID)
+	require.NoError(t, err)
+	require.Equal(t, inventory.SessionConsumed, taken.State)
+	_, err = b.store.TakeSession(ctx, second.ID)
+	require.ErrorIs(t, err, inventory.ErrSessionEnded, "a session is taken once")
+
+	_, err = b.store.TakeSession(ctx, "6f1c2a57-0000-4000-8000-000000000000")
+	require.ErrorIs(t, err, inventory.ErrNotFound)
+
+	byNode, byEK, err := b.store.CountSessionsSince(ctx, "n1", newSession("n1", 1).EKSHA256, t0)
+	require.NoError(t, err)
+	require.Equal(t, 2, byNode)
+	require.Equal(t, 2, byEK)
+	byNode, _, err = b.store.CountSessionsSince(ctx, "n1", nil, t0.Add(time.Second))
+	require.NoError(t, err)
+	require.Zero(t, byNode, "sessions before since are not counted")
+}
+
+func TestSessionExpiry(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	b := setup(t)
+	_, err := b.store.CreateNode(ctx, inventory.Node{ID: "n1", Enabled: true})
+	require.NoError(t, err)
+	late, err := b.store.CreateSession(ctx, newSession("n1", 1), time.Minute)
+	require.NoError(t, err)
+
+	b.clock.Advance(time.Minute) // expires_at is exclusive
+	taken, err := b.store.TakeSession(ctx, late.ID)
+	require.NoError(t, err)
+	require.Equal(t, inventory.SessionExpired, taken.State, "an expired session is taken as expired")
+
+	swept, err := b.store.CreateSession(ctx, newSession("n1", 2), time.Minute)
+	require.NoError(t, err)
+	b.clock.Advance(2 * time.Minute)
+	n, err := b.store.ExpireSessions(ctx)
+	require.NoError(t, err)
+	require.EqualValues(t, 1, n)
+	_, err = b.store.TakeSession(ctx, swept.ID)
+	require.ErrorIs(t, err, inventory.ErrSessionEnded)
+	require.ErrorContains(t, err, "expired")
+}
+
+func TestAttestationsAreSingleUse(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	b := setup(t)
+	_, err := b.store.CreateNode(ctx, inventory.Node{ID: "n1", Enabled: true})
+	require.NoError(t, err)
+	sess, err := b.store.CreateSession(ctx, newSession("n1", 1), time.Minute)
+	require.NoError(t, err)
+	ak := sha256.Sum256(sess.AKPublic)
+	a, err := b.store.CreateAttestation(ctx, inventory.Attestation{
+		SessionID: sess.ID, NodeID: "n1", EKSHA256: sess.EKSHA256, AKSHA256: ak[:], WireGuardPublicKey: sess.WireGuardPublicKey,
+	}, time.Minute)
+	require.NoError(t, err)
+	require.True(t, a.ConsumedAt.IsZero())
+
+	// One attestation per session.
+	_, err = b.store.CreateAttestation(ctx, inventory.Attestation{
+		SessionID: sess.ID, NodeID: "n1", EKSHA256: sess.EKSHA256, AKSHA256: ak[:], WireGuardPublicKey: sess.WireGuardPublicKey,
+	}, time.Minute)
+	require.ErrorIs(t, err, inventory.ErrConflict)
+
+	used, err := b.store.ConsumeAttestation(ctx, a.ID)
+	require.NoError(t, err)
+	require.Equal(t, t0, used.ConsumedAt)
+	_, err = b.store.ConsumeAttestation(ctx, a.ID)
+	require.ErrorIs(t, err, inventory.ErrAttestationSpent)
+
+	// An unconsumed one past its expiry is spent too.
+	sess2, err := b.store.CreateSession(ctx, newSession("n1", 2), time.Minute)
+	require.NoError(t, err)
+	a2, err := b.store.CreateAttestation(ctx, inventory.Attestation{
+		SessionID: sess2.ID, NodeID: "n1", EKSHA256: sess2.EKSHA256, AKSHA256: ak[:], WireGuardPublicKey: sess2.WireGuardPublicKey,
+	}, time.Minute)
+	require.NoError(t, err)
+	b.clock.Advance(time.Minute)
+	_, err = b.store.ConsumeAttestation(ctx, a2.ID)
+	require.ErrorIs(t, err, inventory.ErrAttestationSpent)
+}
