@@ -1,0 +1,394 @@
+package attestation
+
+import (
+	"context"
+	"crypto"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
+	"errors"
+	"fmt"
+	"log/slog"
+	"regexp"
+	"time"
+
+	"github.com/google/go-attestation/attest"
+	"github.com/google/uuid"
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/attestboot/attestboot/attestor/internal/akparams"
+	"github.com/attestboot/attestboot/attestor/internal/ekpolicy"
+	"github.com/attestboot/attestboot/attestor/internal/quote"
+	attestorv1 "github.com/attestboot/attestboot/proto/attestboot/attestor/v1"
+	"github.com/attestboot/attestboot/services/binding"
+	"github.com/attestboot/attestboot/services/inventory"
+)
+
+// Config of the attestation service.
+type Config struct {
+	// SessionTTL is how long a BeginAttestation challenge may be answered (default 60 s).
+	SessionTTL time.Duration
+	// AttestationTTL is how long a passed attestation may open a tunnel (default 60 s).
+	AttestationTTL time.Duration
+	// RateWindow, MaxPerNode and MaxPerEK limit BeginAttestation calls: at most that many
+	// sessions per node and per EK within the window (defaults: 1 min, 10, 10).
+	RateWindow time.Duration
+	MaxPerNode int
+	MaxPerEK   int
+	// EK is the enrollment policy.
+	EK *ekpolicy.Policy
+}
+
+func (c *Config) setDefaults() {
+	if c.SessionTTL == 0 {
+		c.SessionTTL = 60 * time.Second
+	}
+	if c.AttestationTTL == 0 {
+		c.AttestationTTL = 60 * time.Second
+	}
+	if c.RateWindow == 0 {
+		c.RateWindow = time.Minute
+	}
+	if c.MaxPerNode == 0 {
+		c.MaxPerNode = 10
+	}
+	if c.MaxPerEK == 0 {
+		c.MaxPerEK = 10
+	}
+}
+
+func (c *Config) validate() error {
+	switch {
+	case c.SessionTTL < time.Second || c.SessionTTL > time.Hour:
+		return fmt.Errorf("session TTL %v outside 1s..1h", c.SessionTTL)
+	case c.AttestationTTL < time.Second || c.AttestationTTL > time.Hour:
+		return fmt.Errorf("attestation TTL %v outside 1s..1h", c.AttestationTTL)
+	case c.RateWindow < time.Second || c.MaxPerNode < 1 || c.MaxPerEK < 1:
+		return errors.New("rate limits must allow at least one attempt per window of at least 1s")
+	case c.EK == nil:
+		return errors.New("no EK policy")
+	}
+	return nil
+}
+
+type metrics struct {
+	passed   prometheus.Counter
+	refusals *prometheus.CounterVec
+}
+
+// Server implements attestorv1.AttestorServiceServer.
+type Server struct {
+	attestorv1.UnsafeAttestorServiceServer
+
+	cfg     Config
+	store   *inventory.Store
+	logger  *slog.Logger
+	metrics metrics
+}
+
+// New returns the service. reg may be nil.
+func New(cfg Config, store *inventory.Store, logger *slog.Logger, reg prometheus.Registerer) (*Server, error) {
+	cfg.setDefaults()
+	if err := cfg.validate(); err != nil {
+		return nil, fmt.Errorf("attestation: %w", err)
+	}
+	m := metrics{
+		passed: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "attestboot_attestations_passed_total", Help: "Attestations that passed.",
+		}),
+		refusals: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "attestboot_attestation_refusals_total", Help: "Attestation refusals by reason.",
+		}, []string{"reason"}),
+	}
+	if reg != nil {
+		for _, c := range []prometheus.Collector{m.passed, m.refusals} {
+			if err := reg.Register(c); err != nil {
+				return nil, fmt.Errorf("attestation: register metrics: %w", err)
+			}
+		}
+	}
+	return &Server{cfg: cfg, store: store, logger: logger, metrics: m}, nil
+}
+
+// Register adds the service to a gRPC server.
+func (s *Server) Register(r grpc.ServiceRegistrar) { attestorv1.RegisterAttestorServiceServer(r, s) }
+
+var nodeIDPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`)
+
+// BeginAttestation checks the node, its EK and its AK, and issues the challenge.
+func (s *Server) BeginAttestation(ctx context.Context, req *attestorv1.BeginAttestationRequest) (*attestorv1.BeginAttestationResponse, error) {
+	nodeID := req.GetNodeId()
+	resp, r := s.begin(ctx, req)
+	if r != nil {
+		return nil, s.record(ctx, s.store.Queries, nodeID, r, map[string]any{"step": "begin"})
+	}
+	return resp, nil
+}
+
+func (s *Server) begin(ctx context.Context, req *attestorv1.BeginAttestationRequest) (*attestorv1.BeginAttestationResponse, *refusal) {
+	nodeID := req.GetNodeId()
+	if !nodeIDPattern.MatchString(nodeID) {
+		return nil, refuse(codes.InvalidArgument, ReasonInvalidRequest, fmt.Errorf("node id %q", eventNodeID(nodeID)))
+	}
+	if n := len(req.GetWireguardPublicKey()); n != binding.WireGuardKeySize {
+		return nil, refuse(codes.InvalidArgument, ReasonInvalidRequest, fmt.Errorf("WireGuard key of %d bytes", n))
+	}
+	now := s.store.Clock().Now()
+	ek := req.GetEndorsementKey()
+	id, err := s.cfg.EK.Identify(ek.GetCertificate(), ek.GetPublicKey(), now)
+	if err != nil {
+		return nil, ekRefusal(err)
+	}
+	akp := attest.AttestationParameters{
+		Public:            req.GetAttestationKey().GetPublic(),
+		CreateData:        req.GetAttestationKey().GetCreateData(),
+		CreateAttestation: req.GetAttestationKey().GetCreateAttestation(),
+		CreateSignature:   req.GetAttestationKey().GetCreateSignature(),
+	}
+	if _, err := akparams.Check(akp); err != nil {
+		return nil, akRefusal(err)
+	}
+
+	node, err := s.store.GetNode(ctx, nodeID)
+	if errors.Is(err, inventory.ErrNotFound) {
+		return nil, refuse(codes.PermissionDenied, ReasonNodeUnknown, err)
+	} else if err != nil {
+		return nil, refuse(codes.Internal, "internal", err)
+	}
+	if !node.Enabled {
+		return nil, refuse(codes.PermissionDenied, ReasonNodeDisabled, errors.New("node is disabled"))
+	}
+	var enrolled *inventory.Enrollment
+	switch e, err := s.store.GetEnrollment(ctx, nodeID); {
+	case err == nil:
+		enrolled = &e
+	case !errors.Is(err, inventory.ErrNotFound):
+		return nil, refuse(codes.Internal, "internal", err)
+	}
+	var groups []inventory.Group
+	if enrolled == nil {
+		if groups, err = s.store.GroupsOfNode(ctx, nodeID); err != nil {
+			return nil, refuse(codes.Internal, "internal", err)
+		}
+	}
+	enroll, err := s.cfg.EK.Decide(nodeID, id, enrolled, groups)
+	if err != nil {
+		return nil, ekRefusal(err)
+	}
+
+	byNode, byEK, err := s.store.CountSessionsSince(ctx, nodeID, id.SHA256, now.Add(-s.cfg.RateWindow))
+	if err != nil {
+		return nil, refuse(codes.Internal, "internal", err)
+	}
+	if byNode >= s.cfg.MaxPerNode {
+		return nil, refuse(codes.ResourceExhausted, ReasonRateLimitedNode, fmt.Errorf("%d sessions in %v", byNode, s.cfg.RateWindow))
+	}
+	if byEK >= s.cfg.MaxPerEK {
+		return nil, refuse(codes.ResourceExhausted, ReasonRateLimitedEK, fmt.Errorf("%d sessions in %v", byEK, s.cfg.RateWindow))
+	}
+
+	ap := attest.ActivationParameters{EK: id.Public, AK: akp}
+	secret, cred, err := ap.Generate()
+	if err != nil {
+		return nil, akRefusal(fmt.Errorf("%w: %v", akparams.ErrUnfit, err))
+	}
+	defer clear(secret)
+	nonce := make([]byte, binding.NonceSize)
+	if _, err := rand.Read(nonce); err != nil {
+		return nil, refuse(codes.Internal, "internal", err)
+	}
+	secretHash := sha256.Sum256(secret)
+	akHash := sha256.Sum256(akp.Public)
+
+	var sess inventory.Session
+	err = s.store.InTx(ctx, func(q *inventory.Queries) error {
+		if enroll != nil {
+			if _, _, err := q.Enroll(ctx, *enroll); err != nil {
+				return err
+			}
+			if _, err := q.AppendEvent(ctx, inventory.Event{
+				NodeID: nodeID, Kind: KindEnroll, Service: "attestor", Reason: string(enroll.Source),
+				Detail: map[string]any{"ek_sha256": fmt.Sprintf("%x", id.SHA256)},
+			}); err != nil {
+				return err
+			}
+		}
+		var err error
+		sess, err = q.CreateSession(ctx, inventory.Session{
+			NodeID: nodeID, EKSHA256: id.SHA256, AKPublic: akp.Public, AKSHA256: akHash[:],
+			WireGuardPublicKey: req.GetWireguardPublicKey(), Nonce: nonce, SecretSHA256: secretHash[:],
+		}, s.cfg.SessionTTL)
+		if err != nil {
+			return err
+		}
+		_, err = q.AppendEvent(ctx, inventory.Event{
+			NodeID: nodeID, Kind: KindBegun, Service: "attestor",
+			Detail: map[string]any{"session_id": sess.ID, "ek_sha256": fmt.Sprintf("%x", id.SHA256)},
+		})
+		return err
+	})
+	if errors.Is(err, inventory.ErrConflict) && enroll != nil {
+		// Another node holds this EK, or a concurrent first use enrolled a different one.
+		return nil, refuse(codes.PermissionDenied, ReasonEKMismatch, err)
+	} else if err != nil {
+		return nil, refuse(codes.Internal, "internal", err)
+	}
+	return &attestorv1.BeginAttestationResponse{
+		SessionId:  sess.ID,
+		Credential: &attestorv1.EncryptedCredential{Credential: cred.Credential, Secret: cred.Secret},
+		Nonce:      nonce,
+		ExpiresAt:  timestamppb.New(sess.ExpiresAt),
+	}, nil
+}
+
+// CompleteAttestation takes the session (whatever the outcome: a session is answered once),
+// checks the secret and the quotes, and records the attestation.
+func (s *Server) CompleteAttestation(ctx context.Context, req *attestorv1.CompleteAttestationRequest) (*attestorv1.CompleteAttestationResponse, error) {
+	if r := validateComplete(req); r != nil {
+		return nil, s.record(ctx, s.store.Queries, "", r, map[string]any{"step": "complete"})
+	}
+	var (
+		resp   *attestorv1.CompleteAttestationResponse
+		status error
+	)
+	err := s.store.InTx(ctx, func(q *inventory.Queries) error {
+		sess, r := s.complete(ctx, q, req)
+		if r != nil {
+			status = s.record(ctx, q, sess.NodeID, r, map[string]any{"step": "complete", "session_id": req.GetSessionId()})
+			return nil // commit: the session stays taken and the refusal is recorded
+		}
+		a, err := q.CreateAttestation(ctx, inventory.Attestation{
+			SessionID: sess.ID, NodeID: sess.NodeID, EKSHA256: sess.EKSHA256, AKSHA256: sess.AKSHA256,
+			WireGuardPublicKey: sess.WireGuardPublicKey,
+		}, s.cfg.AttestationTTL)
+		if err != nil {
+			return err
+		}
+		if _, err := q.AppendEvent(ctx, inventory.Event{
+			NodeID: sess.NodeID, Kind: KindPassed, Service: "attestor",
+			Detail: map[string]any{"attestation_id": a.ID, "session_id": sess.ID},
+		}); err != nil {
+			return err
+		}
+		resp = &attestorv1.CompleteAttestationResponse{AttestationId: a.ID, ExpiresAt: timestamppb.New(a.ExpiresAt)}
+		return nil
+	})
+	if err != nil {
+		s.logger.ErrorContext(ctx, "complete attestation", "session", req.GetSessionId(), "err", err)
+		return nil, statusInternal()
+	}
+	if status != nil {
+		return nil, status
+	}
+	s.metrics.passed.Inc()
+	return resp, nil
+}
+
+func statusInternal() error {
+	return refuse(codes.Internal, "internal", nil).status()
+}
+
+func validateComplete(req *attestorv1.CompleteAttestationRequest) *refusal {
+	if _, err := uuid.Parse(req.GetSessionId()); err != nil {
+		return refuse(codes.InvalidArgument, ReasonInvalidRequest, fmt.Errorf("session id: %v", err))
+	}
+	if n := len(req.GetSecret()); n < 16 || n > 64 {
+		return refuse(codes.InvalidArgument, ReasonInvalidRequest, fmt.Errorf("secret of %d bytes", n))
+	}
+	if n := len(req.GetQuotes()); n == 0 || n > quote.MaxQuotes {
+		return refuse(codes.InvalidArgument, ReasonInvalidRequest, fmt.Errorf("%d quotes", n))
+	}
+	if n := len(req.GetPcrs()); n == 0 || n > quote.MaxPCRs {
+		return refuse(codes.InvalidArgument, ReasonInvalidRequest, fmt.Errorf("%d PCR values", n))
+	}
+	if n := len(req.GetEventLog()); n > quote.MaxEventLogLen {
+		return refuse(codes.InvalidArgument, ReasonInvalidRequest, fmt.Errorf("event log of %d bytes", n))
+	}
+	return nil
+}
+
+// complete runs inside the transaction. It returns the session (for the event's node id, when
+// known) and a refusal, or no refusal when the attestation passed.
+func (s *Server) complete(ctx context.Context, q *inventory.Queries, req *attestorv1.CompleteAttestationRequest) (inventory.Session, *refusal) {
+	sess, err := q.TakeSession(ctx, req.GetSessionId())
+	switch {
+	case errors.Is(err, inventory.ErrNotFound):
+		return sess, refuse(codes.FailedPrecondition, ReasonSessionUnknown, err)
+	case errors.Is(err, inventory.ErrSessionEnded) && sess.State == inventory.SessionSuperseded:
+		return sess, refuse(codes.FailedPrecondition, ReasonSessionReplaced, err)
+	case errors.Is(err, inventory.ErrSessionEnded) && sess.State == inventory.SessionExpired:
+		return sess, refuse(codes.FailedPrecondition, ReasonSessionExpired, err)
+	case errors.Is(err, inventory.ErrSessionEnded):
+		return sess, refuse(codes.FailedPrecondition, ReasonSessionReplayed, err)
+	case err != nil:
+		return sess, refuse(codes.Internal, "internal", err)
+	case sess.State == inventory.SessionExpired:
+		return sess, refuse(codes.FailedPrecondition, ReasonSessionExpired, fmt.Errorf("session expired at %v", sess.ExpiresAt))
+	}
+	got := sha256.Sum256(req.GetSecret())
+	if subtle.ConstantTimeCompare(got[:], sess.SecretSHA256) != 1 {
+		return sess, refuse(codes.PermissionDenied, ReasonSecretMismatch, errors.New("activated secret does not match"))
+	}
+
+	node, err := q.GetNode(ctx, sess.NodeID)
+	if err != nil {
+		return sess, refuse(codes.Internal, "internal", err)
+	}
+	if !node.Enabled {
+		return sess, refuse(codes.PermissionDenied, ReasonNodeDisabled, errors.New("node was disabled during attestation"))
+	}
+	policy, r := pcrPolicy(ctx, q, sess.NodeID)
+	if r != nil {
+		return sess, r
+	}
+	in := quote.Input{
+		AKPublic: sess.AKPublic, Nonce: sess.Nonce, WireGuardKey: sess.WireGuardPublicKey, NodeID: sess.NodeID,
+		EventLog: req.GetEventLog(), Policy: policy,
+	}
+	for _, qt := range req.GetQuotes() {
+		in.Quotes = append(in.Quotes, attest.Quote{Quote: qt.GetQuote(), Signature: qt.GetSignature()})
+	}
+	for _, p := range req.GetPcrs() {
+		h, ok := hashes[p.GetHash()]
+		if !ok {
+			return sess, refuse(codes.InvalidArgument, ReasonQuoteMalformed, fmt.Errorf("PCR bank %v", p.GetHash()))
+		}
+		in.PCRs = append(in.PCRs, quote.PCR{Index: int(p.GetIndex()), Hash: h, Digest: p.GetDigest()})
+	}
+	if err := quote.Verify(in); err != nil {
+		return sess, quoteRefusal(err)
+	}
+	return sess, nil
+}
+
+// pcrPolicy merges the policies of the node's groups: the node must satisfy every one, so two
+// groups demanding different values for one PCR refuse every member.
+func pcrPolicy(ctx context.Context, q *inventory.Queries, nodeID string) (map[int][]byte, *refusal) {
+	groups, err := q.GroupsOfNode(ctx, nodeID)
+	if err != nil {
+		return nil, refuse(codes.Internal, "internal", err)
+	}
+	merged := map[int][]byte{}
+	for _, g := range groups {
+		p, err := q.GetPCRPolicy(ctx, g.Name)
+		if err != nil {
+			return nil, refuse(codes.Internal, "internal", err)
+		}
+		for idx, want := range p {
+			if prev, ok := merged[idx]; ok && string(prev) != string(want) {
+				return nil, refuse(codes.PermissionDenied, ReasonPCRPolicy, fmt.Errorf("groups disagree on PCR %d", idx))
+			}
+			merged[idx] = want
+		}
+	}
+	return merged, nil
+}
+
+var hashes = map[attestorv1.HashAlgorithm]crypto.Hash{
+	attestorv1.HashAlgorithm_HASH_ALGORITHM_SHA1:   crypto.SHA1,
+	attestorv1.HashAlgorithm_HASH_ALGORITHM_SHA256: crypto.SHA256,
+	attestorv1.HashAlgorithm_HASH_ALGORITHM_SHA384: crypto.SHA384,
+}
