@@ -121,3 +121,25 @@ func shortHash(h []byte) string {
 	}
 	return hex.EncodeToString(h)
 }
+
+// EnrolledNodes returns which of the nodes have an enrollment: the set of their ids. One query
+// serves a whole page of nodes.
+func (q *Queries) EnrolledNodes(ctx context.Context, nodeIDs []string) (map[string]bool, error) {
+	out := make(map[string]bool)
+	if len(nodeIDs) == 0 {
+		return out, nil
+	}
+	rows, err := q.db.Query(ctx, `SELECT node_id FROM ek_enrollments WHERE node_id = ANY ($1::text[])`, nodeIDs)
+	if err != nil {
+		return nil, dbError("enrolled nodes", err)
+	}
+	var id string
+	_, err = pgx.ForEachRow(rows, []any{&id}, func() error {
+		out[id] = true
+		return nil
+	})
+	if err != nil {
+		return nil, dbError("enrolled nodes", err)
+	}
+	return out, nil
+}

@@ -83,3 +83,24 @@ func TestEnrollment(t *testing.T) {
 	require.Equal(t, ek2[:], e.EKSHA256)
 	require.Equal(t, []byte{0x30, 0x82}, e.EKCertificate)
 }
+
+func TestEnrolledNodes(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	b := setup(t)
+	for _, id := range []string{"n1", "n2"} {
+		_, err := b.store.CreateNode(ctx, inventory.Node{ID: id})
+		require.NoError(t, err)
+	}
+	ek := sha256.Sum256([]byte("EK"))
+	_, _, err := b.store.Enroll(ctx, inventory.Enrollment{NodeID: "n2", EKSHA256: ek[:], Source: inventory.SourceAdmin})
+	require.NoError(t, err)
+
+	got, err := b.store.EnrolledNodes(ctx, []string{"n1", "n2", "ghost"})
+	require.NoError(t, err)
+	require.Equal(t, map[string]bool{"n2": true}, got)
+
+	got, err = b.store.EnrolledNodes(ctx, nil)
+	require.NoError(t, err)
+	require.Empty(t, got)
+}

@@ -23,12 +23,13 @@ type Event struct {
 
 // EventQuery selects events for QueryEvents. The zero value returns the oldest events.
 type EventQuery struct {
-	NodeID  string    // only this node's events
-	Kinds   []string  // only these kinds
-	Since   time.Time // only events at or after this time
-	Until   time.Time // only events before this time
-	AfterID int64     // only events with a greater id: the cursor of a follower
-	Limit   int       // at most this many; 0 means DefaultPageSize, capped at MaxPageSize
+	NodeID       string    // only this node's events
+	Kinds        []string  // only these kinds...
+	KindPrefixes []string  // ...or kinds starting with one of these ("tunnel."); neither: any kind
+	Since        time.Time // only events at or after this time
+	Until        time.Time // only events before this time
+	AfterID      int64     // only events with a greater id: the cursor of a follower
+	Limit        int       // at most this many; 0 means DefaultPageSize, capped at MaxPageSize
 }
 
 const eventColumns = `id, at, COALESCE(node_id, ''), kind, service, reason, detail`
@@ -82,8 +83,17 @@ func (q *Queries) QueryEvents(ctx context.Context, f EventQuery) ([]Event, error
 	if f.NodeID != "" {
 		add("node_id = $%d", f.NodeID)
 	}
+	var kinds []string
 	if len(f.Kinds) > 0 {
-		add("kind = ANY ($%d::text[])", f.Kinds)
+		args = append(args, f.Kinds)
+		kinds = append(kinds, fmt.Sprintf("kind = ANY ($%d::text[])", len(args)))
+	}
+	if len(f.KindPrefixes) > 0 {
+		args = append(args, likePrefixes(f.KindPrefixes))
+		kinds = append(kinds, fmt.Sprintf("kind LIKE ANY ($%d::text[])", len(args)))
+	}
+	if len(kinds) > 0 {
+		where = append(where, "("+strings.Join(kinds, " OR ")+")")
 	}
 	if !f.Since.IsZero() {
 		add("at >= $%d", f.Since)
@@ -106,4 +116,25 @@ func (q *Queries) QueryEvents(ctx context.Context, f EventQuery) ([]Event, error
 		return nil, dbError("query events", err)
 	}
 	return events, nil
+}
+
+// likePrefixes turns prefixes into LIKE patterns matching what starts with them, escaping the
+// pattern characters: kinds such as "group.trust_on_first_use" contain underscores.
+func likePrefixes(prefixes []string) []string {
+	escape := strings.NewReplacer(`\`, `\\`, `%`, `\%`, `_`, `\_`)
+	patterns := make([]string, len(prefixes))
+	for i, p := range prefixes {
+		patterns[i] = escape.Replace(p) + "%"
+	}
+	return patterns
+}
+
+// LastEventID returns the largest event id in the log, 0 when it is empty: where a follower
+// that wants only new events starts.
+func (q *Queries) LastEventID(ctx context.Context) (int64, error) {
+	var id int64
+	if err := q.db.QueryRow(ctx, `SELECT COALESCE(max(id), 0) FROM events`).Scan(&id); err != nil {
+		return 0, dbError("last event id", err)
+	}
+	return id, nil
 }

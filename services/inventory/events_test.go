@@ -102,3 +102,41 @@ func TestEventAppendedInFailedTxIsNotRecorded(t *testing.T) {
 	require.NoError(t, err)
 	require.Empty(t, events, "the event of a rolled-back change must go with it")
 }
+
+func TestEventKindPrefixesAndLastID(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	b := setup(t)
+
+	last, err := b.store.LastEventID(ctx)
+	require.NoError(t, err)
+	require.Zero(t, last, "empty log")
+
+	ids := map[string]int64{}
+	for _, kind := range []string{"tunnel.opened", "group.trust_on_first_use", "groupXtrust", "group.trustXonXfirst", "attestation.passed", "tunnel%odd"} {
+		e, err := b.store.AppendEvent(ctx, inventory.Event{Kind: kind, Service: "attestor"})
+		require.NoError(t, err)
+		ids[kind] = e.ID
+	}
+	kinds := func(q inventory.EventQuery) []string {
+		t.Helper()
+		events, err := b.store.QueryEvents(ctx, q)
+		require.NoError(t, err)
+		var out []string
+		for _, e := range events {
+			out = append(out, e.Kind)
+		}
+		return out
+	}
+	require.Equal(t, []string{"tunnel.opened"}, kinds(inventory.EventQuery{KindPrefixes: []string{"tunnel."}}))
+	// LIKE's wildcards in a prefix match only themselves.
+	require.Equal(t, []string{"group.trust_on_first_use"}, kinds(inventory.EventQuery{KindPrefixes: []string{"group.trust_"}}))
+	require.Equal(t, []string{"tunnel%odd"}, kinds(inventory.EventQuery{KindPrefixes: []string{"tunnel%"}}))
+	// Exact kinds and prefixes add up.
+	require.Equal(t, []string{"tunnel.opened", "attestation.passed"},
+		kinds(inventory.EventQuery{Kinds: []string{"attestation.passed"}, KindPrefixes: []string{"tunnel."}}))
+
+	last, err = b.store.LastEventID(ctx)
+	require.NoError(t, err)
+	require.Equal(t, ids["tunnel%odd"], last)
+}

@@ -265,3 +265,31 @@ func (q *Queries) GetPCRPolicy(ctx context.Context, group string) (PCRPolicy, er
 	}
 	return policy, nil
 }
+
+// GroupNamesOfNodes returns, for each of the nodes that belongs to a group, the names of its
+// groups, highest priority first, then by name (the order an operator reads them in). Nodes in
+// no group, and unknown nodes, are absent from the map. One query serves a whole page of nodes.
+func (q *Queries) GroupNamesOfNodes(ctx context.Context, nodeIDs []string) (map[string][]string, error) {
+	out := make(map[string][]string)
+	if len(nodeIDs) == 0 {
+		return out, nil
+	}
+	rows, err := q.db.Query(ctx, `
+		SELECT m.node_id, g.name
+		FROM group_members m JOIN groups g ON g.name = m.group_name
+		WHERE m.node_id = ANY ($1::text[])
+		ORDER BY m.node_id, g.priority DESC, g.name`,
+		nodeIDs)
+	if err != nil {
+		return nil, dbError("groups of nodes", err)
+	}
+	var node, group string
+	_, err = pgx.ForEachRow(rows, []any{&node, &group}, func() error {
+		out[node] = append(out[node], group)
+		return nil
+	})
+	if err != nil {
+		return nil, dbError("groups of nodes", err)
+	}
+	return out, nil
+}

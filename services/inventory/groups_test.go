@@ -144,3 +144,28 @@ func TestPCRPolicy(t *testing.T) {
 	require.NoError(t, err)
 	require.Empty(t, p, "a rejected policy leaves nothing half-written")
 }
+
+func TestGroupNamesOfNodes(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	b := setup(t)
+	for _, id := range []string{"n1", "n2", "n3"} {
+		_, err := b.store.CreateNode(ctx, inventory.Node{ID: id})
+		require.NoError(t, err)
+	}
+	for _, g := range []inventory.Group{{Name: "low", Priority: -1}, {Name: "b-high", Priority: 10}, {Name: "a-high", Priority: 10}} {
+		_, err := b.store.CreateGroup(ctx, g)
+		require.NoError(t, err)
+		require.NoError(t, b.store.AddGroupMember(ctx, g.Name, "n1"))
+	}
+	require.NoError(t, b.store.AddGroupMember(ctx, "low", "n2"))
+
+	got, err := b.store.GroupNamesOfNodes(ctx, []string{"n1", "n2", "n3", "ghost"})
+	require.NoError(t, err)
+	// Highest priority first, ties by name; n3 (no group) and ghost (no node) are absent.
+	require.Equal(t, map[string][]string{"n1": {"a-high", "b-high", "low"}, "n2": {"low"}}, got)
+
+	got, err = b.store.GroupNamesOfNodes(ctx, nil)
+	require.NoError(t, err)
+	require.Empty(t, got)
+}

@@ -145,4 +145,3 @@ func eventNodeID(id string) string {
 	}
 	return id
 }
-
