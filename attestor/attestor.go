@@ -14,6 +14,7 @@ import (
 	"github.com/attestboot/attestboot/attestor/internal/admin"
 	"github.com/attestboot/attestboot/attestor/internal/attestation"
 	"github.com/attestboot/attestboot/attestor/internal/ekpolicy"
+	"github.com/attestboot/attestboot/services/cli"
 	"github.com/attestboot/attestboot/services/ekcert"
 	"github.com/attestboot/attestboot/services/grpcserver"
 	"github.com/attestboot/attestboot/services/inventory"
@@ -71,6 +72,18 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.IntVar(&c.MaxPerEK, "max-per-ek", c.MaxPerEK, "BeginAttestation calls allowed per EK per window")
 	fs.StringVar(&c.EKRootsDir, "ek-roots", c.EKRootsDir, "directory of trusted TPM manufacturer CA certificates (empty: no EK certificate checks)")
 	fs.BoolVar(&c.EnrollByCA, "enroll-by-ca", c.EnrollByCA, "enroll unenrolled nodes whose EK certificate chains to -ek-roots")
+}
+
+// Command is the attestor binary; cmd/attestor runs it with the process arguments.
+func Command() cli.Service {
+	cfg := DefaultConfig()
+	return cli.Service{
+		Name:        "attestor",
+		EnvPrefix:   "ATTESTOR",
+		Flags:       cfg.RegisterFlags,
+		DatabaseURL: func() string { return cfg.DatabaseURL },
+		Run:         func(ctx context.Context, l *slog.Logger) error { return Run(ctx, cfg, l) },
+	}
 }
 
 // NodeFacing are the services nodes may call without an admin credential.

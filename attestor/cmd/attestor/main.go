@@ -1,9 +1,8 @@
 // Command attestor serves the node-facing AttestorService and the admin InventoryService.
+// Run `attestor -h` for its flags; `attestor migrate` applies the inventory migrations.
 package main
 
 import (
-	"context"
-	"log/slog"
 	"os"
 
 	"github.com/attestboot/attestboot/attestor"
@@ -11,12 +10,5 @@ import (
 )
 
 func main() {
-	cfg := attestor.DefaultConfig()
-	os.Exit(cli.Main(cli.Service{
-		Name:        "attestor",
-		EnvPrefix:   "ATTESTOR",
-		Flags:       cfg.RegisterFlags,
-		DatabaseURL: func() string { return cfg.DatabaseURL },
-		Run:         func(ctx context.Context, l *slog.Logger) error { return attestor.Run(ctx, cfg, l) },
-	}, os.Args[1:], os.Stderr))
+	os.Exit(cli.Main(attestor.Command(), os.Args[1:], os.Stderr))
 }

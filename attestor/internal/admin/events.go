@@ -8,6 +8,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/structpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -15,6 +16,11 @@ import (
 	inventoryv1 "github.com/attestboot/attestboot/proto/attestboot/inventory/v1"
 	"github.com/attestboot/attestboot/services/inventory"
 )
+
+// WatchCursorHeader is the response header WatchEvents sends once the watch is in place: the
+// id after which it delivers events, in decimal. A client that waits for it knows that events
+// appended from then on will reach it.
+const WatchCursorHeader = "attestboot-watch-after-id"
 
 const (
 	// watchBatch is how many events a watcher reads per query while catching up.
@@ -77,7 +83,8 @@ func eventFilterDigest(q inventory.EventQuery) string {
 // woken by notifications (when Run runs) and polls every PollInterval regardless, so that a
 // lost notification delays an event but never loses it. Events are held back for WatchDelay
 // (see Config) so that a transaction that took a lower id but committed later is not skipped.
-// The stream ends when the client goes away or Run returns.
+// The stream ends when the client goes away or Run returns. The WatchCursorHeader header
+// tells the client when the watch is in place.
 func (s *Server) WatchEvents(req *inventoryv1.WatchEventsRequest, stream grpc.ServerStreamingServer[inventoryv1.WatchEventsResponse]) error {
 	ctx := stream.Context()
 	q, err := eventQuery(req.GetFilter())
@@ -93,6 +100,10 @@ func (s *Server) WatchEvents(req *inventoryv1.WatchEventsRequest, stream grpc.Se
 		if q.AfterID, err = s.store.LastEventID(ctx); err != nil {
 			return s.toStatus(ctx, err)
 		}
+	}
+
+	if err := stream.SendHeader(metadata.Pairs(WatchCursorHeader, strconv.FormatInt(q.AfterID, 10))); err != nil {
+		return s.toStatus(ctx, err)
 	}
 
 	w := watcher{s: s, stream: stream, q: q}

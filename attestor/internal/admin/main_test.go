@@ -3,6 +3,7 @@ package admin_test
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -38,6 +39,8 @@ type env struct {
 	addr   string
 	pki    *pki.Bundle
 	logs   *lockedBuffer
+	// stop shuts the server down (and is called at cleanup); it reports what the tasks returned.
+	stop func() error
 }
 
 type envOptions struct {
@@ -77,17 +80,22 @@ func setupWith(t *testing.T, opts envOptions) *env {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- run.Group(ctx, tasks...) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			require.NoError(t, err)
-		case <-time.After(30 * time.Second):
-			t.Error("the server did not stop")
-		}
-	})
+	var once sync.Once
+	var result error
+	stop := func() error {
+		once.Do(func() {
+			cancel()
+			select {
+			case result = <-done:
+			case <-time.After(30 * time.Second):
+				result = errors.New("the server did not stop")
+			}
+		})
+		return result
+	}
+	t.Cleanup(func() { require.NoError(t, stop()) })
 
-	e := &env{store: store, pool: pool, addr: lis.Addr().String(), pki: srv.PKI(), logs: logs}
+	e := &env{store: store, pool: pool, addr: lis.Addr().String(), pki: srv.PKI(), logs: logs, stop: stop}
 	tc, err := e.pki.AdminClientTLS()
 	require.NoError(t, err)
 	e.client = inventoryv1.NewInventoryServiceClient(e.dial(t, credentials.NewTLS(tc)))

@@ -2,6 +2,7 @@ package admin_test
 
 import (
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -207,16 +208,6 @@ func TestListNodes(t *testing.T) {
 	require.NoError(t, err)
 	require.Len(t, second.GetNodes(), 22)
 	require.True(t, slices.IsSortedFunc(second.GetNodes(), func(a, b *inventoryv1.Node) int {
-		return compareStrings(a.GetId(), b.GetId())
+		return strings.Compare(a.GetId(), b.GetId())
 	}))
-}
-
-func compareStrings(a, b string) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }

@@ -5,6 +5,7 @@
 package akparams
 
 import (
+	"crypto"
 	"errors"
 	"fmt"
 
@@ -21,6 +22,35 @@ var ErrUnfit = errors.New("attestation key unfit")
 
 // Check validates the AK parameters and returns the decoded public area.
 func Check(p attest.AttestationParameters) (tpm2.Public, error) {
+	pub, err := checkOwn(p)
+	if err != nil {
+		return tpm2.Public{}, err
+	}
+	// EK is not needed for the checks themselves.
+	ap := attest.ActivationParameters{AK: p}
+	if err := ap.CheckAKParameters(); err != nil {
+		return tpm2.Public{}, fmt.Errorf("%w: %v", ErrUnfit, err)
+	}
+	return pub, nil
+}
+
+// Challenge checks the AK as Check does and makes a credential that only the TPM holding both
+// the AK and ek can activate, returning the secret inside it. go-attestation's Generate runs its
+// own CheckAKParameters, so the AK's signature is verified once, not twice.
+func Challenge(p attest.AttestationParameters, ek crypto.PublicKey) ([]byte, *attest.EncryptedCredential, error) {
+	if _, err := checkOwn(p); err != nil {
+		return nil, nil, err
+	}
+	ap := attest.ActivationParameters{EK: ek, AK: p}
+	secret, cred, err := ap.Generate()
+	if err != nil {
+		return nil, nil, fmt.Errorf("%w: %v", ErrUnfit, err)
+	}
+	return secret, cred, nil
+}
+
+// checkOwn runs the checks go-attestation lacks.
+func checkOwn(p attest.AttestationParameters) (tpm2.Public, error) {
 	for name, b := range map[string][]byte{
 		"public": p.Public, "create data": p.CreateData,
 		"create attestation": p.CreateAttestation, "create signature": p.CreateSignature,
@@ -34,11 +64,6 @@ func Check(p attest.AttestationParameters) (tpm2.Public, error) {
 		return tpm2.Public{}, fmt.Errorf("%w: decode public area: %v", ErrUnfit, err)
 	}
 	if err := checkPublic(pub); err != nil {
-		return tpm2.Public{}, fmt.Errorf("%w: %v", ErrUnfit, err)
-	}
-	// EK is not needed for the checks themselves.
-	ap := attest.ActivationParameters{AK: p}
-	if err := ap.CheckAKParameters(); err != nil {
 		return tpm2.Public{}, fmt.Errorf("%w: %v", ErrUnfit, err)
 	}
 	return pub, nil

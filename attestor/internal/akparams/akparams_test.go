@@ -1,6 +1,8 @@
 package akparams
 
 import (
+	"crypto/rand"
+	"crypto/rsa"
 	"encoding/json"
 	"os"
 	"testing"
@@ -53,4 +55,20 @@ func FuzzCheck(f *testing.F) {
 			t.Fatalf("accepted an AK that fails its own attribute checks")
 		}
 	})
+}
+
+func TestChallenge(t *testing.T) {
+	t.Parallel()
+	ek, err := rsa.GenerateKey(rand.Reader, 2048)
+	require.NoError(t, err)
+	secret, cred, err := Challenge(seed(t), &ek.PublicKey)
+	require.NoError(t, err)
+	require.Len(t, secret, 32)
+	require.NotEmpty(t, cred.Credential)
+	require.NotEmpty(t, cred.Secret)
+
+	bad := seed(t)
+	bad.CreateSignature[len(bad.CreateSignature)-1] ^= 1
+	_, _, err = Challenge(bad, &ek.PublicKey)
+	require.ErrorIs(t, err, ErrUnfit, "go-attestation's checks still run")
 }

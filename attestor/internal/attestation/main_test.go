@@ -37,7 +37,7 @@ type bundle struct {
 	client attestorv1.AttestorServiceClient
 }
 
-func setup(t *testing.T, cfg attestation.Config) bundle {
+func setup(t testing.TB, cfg attestation.Config) bundle {
 	t.Helper()
 	pool := pgtest.NewPool(t)
 	// EK certificates are checked against the clock, so it starts at the real time.
@@ -48,7 +48,11 @@ func setup(t *testing.T, cfg attestation.Config) bundle {
 		require.NoError(t, err)
 		cfg.EK = p
 	}
-	logger := slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug}))
+	level := slog.LevelDebug
+	if _, ok := t.(*testing.B); ok {
+		level = slog.LevelWarn // a benchmark measures the service, not its request log
+	}
+	logger := slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: level}))
 	svc, err := attestation.New(cfg, store, logger, prometheus.NewRegistry())
 	require.NoError(t, err)
 
@@ -84,7 +88,7 @@ type node struct {
 	wg    []byte
 }
 
-func newNode(t *testing.T, id string, alg nodeattest.Algorithm) *node {
+func newNode(t testing.TB, id string, alg nodeattest.Algorithm) *node {
 	t.Helper()
 	sw := tpmtest.Start(t)
 	ch, err := sw.Open()
@@ -99,7 +103,7 @@ func newNode(t *testing.T, id string, alg nodeattest.Algorithm) *node {
 }
 
 // addNode creates the node in the inventory, enabled, and enrolls its TPM's EK by hash.
-func (b bundle) addNode(t *testing.T, n *node) {
+func (b bundle) addNode(t testing.TB, n *node) {
 	t.Helper()
 	ctx := context.Background()
 	_, err := b.store.CreateNode(ctx, inventory.Node{ID: n.id, Enabled: true})

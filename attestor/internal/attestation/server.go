@@ -148,9 +148,6 @@ func (s *Server) begin(ctx context.Context, req *attestorv1.BeginAttestationRequ
 		CreateAttestation: req.GetAttestationKey().GetCreateAttestation(),
 		CreateSignature:   req.GetAttestationKey().GetCreateSignature(),
 	}
-	if _, err := akparams.Check(akp); err != nil {
-		return nil, akRefusal(err)
-	}
 
 	node, err := s.store.GetNode(ctx, nodeID)
 	if errors.Is(err, inventory.ErrNotFound) {
@@ -190,10 +187,9 @@ func (s *Server) begin(ctx context.Context, req *attestorv1.BeginAttestationRequ
 		return nil, refuse(codes.ResourceExhausted, ReasonRateLimitedEK, fmt.Errorf("%d sessions in %v", byEK, s.cfg.RateWindow))
 	}
 
-	ap := attest.ActivationParameters{EK: id.Public, AK: akp}
-	secret, cred, err := ap.Generate()
+	secret, cred, err := akparams.Challenge(akp, id.Public)
 	if err != nil {
-		return nil, akRefusal(fmt.Errorf("%w: %v", akparams.ErrUnfit, err))
+		return nil, akRefusal(err)
 	}
 	defer clear(secret)
 	nonce := make([]byte, binding.NonceSize)

@@ -46,10 +46,13 @@ func TestVerify(t *testing.T) {
 		mutate func(in *Input)
 		want   error
 	}{
-		"other nonce":     {func(in *Input) { in.Nonce = bytes.Repeat([]byte{9}, 32) }, ErrBinding},
-		"other key":       {func(in *Input) { in.WireGuardKey = bytes.Repeat([]byte{9}, 32) }, ErrBinding},
-		"other node":      {func(in *Input) { in.NodeID = "x1000c0s0b0n1" }, ErrBinding},
-		"bad signature":   {func(in *Input) { in.Quotes[0].Signature = bytes.Clone(in.Quotes[0].Signature); in.Quotes[0].Signature[10] ^= 1 }, ErrSignature},
+		"other nonce": {func(in *Input) { in.Nonce = bytes.Repeat([]byte{9}, 32) }, ErrBinding},
+		"other key":   {func(in *Input) { in.WireGuardKey = bytes.Repeat([]byte{9}, 32) }, ErrBinding},
+		"other node":  {func(in *Input) { in.NodeID = "x1000c0s0b0n1" }, ErrBinding},
+		"bad signature": {func(in *Input) {
+			in.Quotes[0].Signature = bytes.Clone(in.Quotes[0].Signature)
+			in.Quotes[0].Signature[10] ^= 1
+		}, ErrSignature},
 		"altered PCR":     {func(in *Input) { in.PCRs[3].Digest = bytes.Repeat([]byte{1}, 32) }, ErrSignature},
 		"policy mismatch": {func(in *Input) { in.Policy = map[int][]byte{0: bytes.Repeat([]byte{1}, 32)} }, ErrPCRPolicy},
 		"policy unquoted": {func(in *Input) { in.PCRs = in.PCRs[:1]; in.Policy = map[int][]byte{9: make([]byte, 32)} }, ErrSignature},
