@@ -1,0 +1,358 @@
+package inventory
+
+import (
+	"context"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"net/netip"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// TunnelState is where a tunnel is in its life.
+type TunnelState string
+
+// Tunnel states, as the schema's tunnels_state_valid check allows them.
+const (
+	TunnelOpen    TunnelState = "open"
+	TunnelClosed  TunnelState = "closed"  // phone-home or an admin closed it
+	TunnelExpired TunnelState = "expired" // expires_at passed while open
+	TunnelFailed  TunnelState = "failed"  // the device refused the peer
+)
+
+// ErrPoolExhausted is returned by OpenTunnel when the gateway has no free address.
+var ErrPoolExhausted = errors.New("address pool exhausted")
+
+// Tunnel is one node's WireGuard peer on a gateway.
+type Tunnel struct {
+	ID                 string
+	Gateway            string
+	NodeID             string
+	AttestationID      string
+	WireGuardPublicKey []byte
+	AddressV4          netip.Addr // invalid when the gateway has no IPv4 pool
+	AddressV6          netip.Addr
+	State              TunnelState
+	OpenedAt           time.Time
+	ExpiresAt          time.Time
+	ClosedAt           time.Time // zero while open
+	CloseReason        string
+	PhonedHomeAt       time.Time // zero until the node phoned home through it
+}
+
+// Addresses returns the node's tunnel addresses as host prefixes (/32, /128).
+func (t Tunnel) Addresses() []netip.Prefix {
+	var out []netip.Prefix
+	for _, a := range []netip.Addr{t.AddressV4, t.AddressV6} {
+		if a.IsValid() {
+			out = append(out, netip.PrefixFrom(a, a.BitLen()))
+		}
+	}
+	return out
+}
+
+const tunnelColumns = `id::text, gateway, node_id, attestation_id::text, wireguard_public_key, address_v4, address_v6,
+	state, opened_at, expires_at, closed_at, COALESCE(close_reason, ''), phoned_home_at`
+
+func scanTunnel(row pgx.Row) (Tunnel, error) {
+	var (
+		t              Tunnel
+		a4, a6         *netip.Prefix
+		closed, phoned *time.Time
+	)
+	err := row.Scan(&t.ID, &t.Gateway, &t.NodeID, &t.AttestationID, &t.WireGuardPublicKey, &a4, &a6,
+		&t.State, &t.OpenedAt, &t.ExpiresAt, &closed, &t.CloseReason, &phoned)
+	if a4 != nil {
+		t.AddressV4 = a4.Addr()
+	}
+	if a6 != nil {
+		t.AddressV6 = a6.Addr()
+	}
+	t.OpenedAt, t.ExpiresAt = t.OpenedAt.UTC(), t.ExpiresAt.UTC()
+	if closed != nil {
+		t.ClosedAt = closed.UTC()
+	}
+	if phoned != nil {
+		t.PhonedHomeAt = phoned.UTC()
+	}
+	return t, err
+}
+
+func collectTunnels(rows pgx.Rows) ([]Tunnel, error) {
+	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (Tunnel, error) { return scanTunnel(r) })
+}
+
+// OpenTunnel records an open tunnel for t's gateway, node, attestation and key, with the lowest
+// free address of each of the gateway's pools (the same offset in both when it has two), expiring
+// after ttl. The gateway row is locked for the allocation, so replicas sharing the pool never
+// hand out one address twice; the partial unique indexes hold even if this code were wrong.
+// Call it inside InTx. It is ErrPoolExhausted when no address is free.
+func (q *Queries) OpenTunnel(ctx context.Context, t Tunnel, ttl time.Duration) (Tunnel, error) {
+	op := fmt.Sprintf("open tunnel on gateway %q for node %q", t.Gateway, t.NodeID)
+	g, err := scanGateway(q.db.QueryRow(ctx, `SELECT `+gatewayColumns+` FROM gateways WHERE name = $1 FOR UPDATE`, t.Gateway))
+	if err != nil {
+		return Tunnel{}, dbError(op, err)
+	}
+	// Allocation runs on the primary pool (IPv4 when present); IPv6 follows at the same offset.
+	pool, own, column := g.IPv4Pool, g.AddressV4, "address_v4"
+	if !pool.IsValid() {
+		pool, own, column = g.IPv6Pool, g.AddressV6, "address_v6"
+	}
+	maxOffset := poolMaxOffset(pool)
+	if g.IPv4Pool.IsValid() && g.IPv6Pool.IsValid() {
+		maxOffset = min(maxOffset, poolMaxOffset(g.IPv6Pool))
+	}
+	base := netip.PrefixFrom(pool.Masked().Addr(), pool.Addr().BitLen())
+	// Candidates are 1 and the successor of every used offset; the lowest candidate not in use
+	// is the lowest free offset. EXCEPT keeps this one pass over the open tunnels.
+	var offset *int64
+	err = q.db.QueryRow(ctx, `
+		WITH used AS (
+			SELECT (`+column+` - $2::inet) AS off FROM tunnels
+			WHERE gateway = $1 AND state = 'open' AND `+column+` IS NOT NULL
+			UNION ALL
+			SELECT ($3::inet - $2::inet) WHERE $3::inet IS NOT NULL
+		)
+		SELECT min(off) FROM (
+			(SELECT 1::bigint AS off UNION SELECT off + 1 FROM used) EXCEPT SELECT off FROM used
+		) free WHERE off BETWEEN 1 AND $4`,
+		t.Gateway, base, addrParam(own), maxOffset).Scan(&offset)
+	if err != nil {
+		return Tunnel{}, dbError(op, err)
+	}
+	if offset == nil {
+		return Tunnel{}, fmt.Errorf("%s: %w (%s)", op, ErrPoolExhausted, pool)
+	}
+	if g.IPv4Pool.IsValid() {
+		t.AddressV4 = addOffset(g.IPv4Pool, *offset)
+	}
+	if g.IPv6Pool.IsValid() {
+		t.AddressV6 = addOffset(g.IPv6Pool, *offset)
+	}
+	now := q.now()
+	stored, err := scanTunnel(q.db.QueryRow(ctx, `
+		INSERT INTO tunnels (gateway, node_id, attestation_id, wireguard_public_key, address_v4, address_v6,
+			state, opened_at, expires_at)
+		VALUES ($1, $2, $3, $4, $5, $6, 'open', $7, $8)
+		RETURNING `+tunnelColumns,
+		t.Gateway, t.NodeID, t.AttestationID, t.WireGuardPublicKey, addrParam(t.AddressV4), addrParam(t.AddressV6),
+		now, now.Add(ttl)))
+	if err != nil {
+		return Tunnel{}, dbError(op, err)
+	}
+	return stored, nil
+}
+
+// poolMaxOffset is the highest usable host offset of a pool: the IPv4 broadcast address is
+// left out, and offsets stay within what Postgres' inet arithmetic (bigint) handles.
+func poolMaxOffset(p netip.Prefix) int64 {
+	hostBits := p.Addr().BitLen() - p.Bits()
+	if hostBits >= 62 {
+		return 1<<62 - 1
+	}
+	n := int64(1)<<hostBits - 1
+	if p.Addr().Is4() {
+		n-- // broadcast
+	}
+	return n
+}
+
+func addOffset(p netip.Prefix, off int64) netip.Addr {
+	b := p.Masked().Addr().AsSlice()
+	carry := uint64(off)
+	for i := len(b) - 1; i >= 0 && carry > 0; i-- {
+		sum := uint64(b[i]) + carry&0xff
+		b[i] = byte(sum)
+		carry = carry>>8 + sum>>8
+	}
+	a, _ := netip.AddrFromSlice(b)
+	return a
+}
+
+// GetTunnel returns a tunnel by id.
+func (q *Queries) GetTunnel(ctx context.Context, id string) (Tunnel, error) {
+	t, err := scanTunnel(q.db.QueryRow(ctx, `SELECT `+tunnelColumns+` FROM tunnels WHERE id = $1`, id))
+	if err != nil {
+		return Tunnel{}, dbError(fmt.Sprintf("get tunnel %s", id), err)
+	}
+	return t, nil
+}
+
+// TunnelOfAttestation returns the tunnel an attestation opened.
+func (q *Queries) TunnelOfAttestation(ctx context.Context, attestationID string) (Tunnel, error) {
+	t, err := scanTunnel(q.db.QueryRow(ctx, `SELECT `+tunnelColumns+` FROM tunnels WHERE attestation_id = $1`, attestationID))
+	if err != nil {
+		return Tunnel{}, dbError(fmt.Sprintf("get tunnel of attestation %s", attestationID), err)
+	}
+	return t, nil
+}
+
+// OpenTunnelOfNode returns the node's newest open tunnel.
+func (q *Queries) OpenTunnelOfNode(ctx context.Context, nodeID string) (Tunnel, error) {
+	t, err := scanTunnel(q.db.QueryRow(ctx, `
+		SELECT `+tunnelColumns+` FROM tunnels WHERE node_id = $1 AND state = 'open'
+		ORDER BY opened_at DESC LIMIT 1`, nodeID))
+	if err != nil {
+		return Tunnel{}, dbError(fmt.Sprintf("get open tunnel of node %q", nodeID), err)
+	}
+	return t, nil
+}
+
+// OpenTunnelByAddress returns the open tunnel of gateway that owns a node tunnel address: the
+// metadata service's way from a connection's source address to the attested node.
+func (q *Queries) OpenTunnelByAddress(ctx context.Context, gateway string, addr netip.Addr) (Tunnel, error) {
+	column := "address_v4"
+	if addr.Is6() && !addr.Is4In6() {
+		column = "address_v6"
+	}
+	addr = addr.Unmap()
+	t, err := scanTunnel(q.db.QueryRow(ctx, `
+		SELECT `+tunnelColumns+` FROM tunnels WHERE gateway = $1 AND state = 'open' AND `+column+` = $2`,
+		gateway, addrParam(addr)))
+	if err != nil {
+		return Tunnel{}, dbError(fmt.Sprintf("get open tunnel of %s on gateway %q", addr, gateway), err)
+	}
+	return t, nil
+}
+
+// OpenTunnels returns every open tunnel of a gateway: what its device must hold.
+func (q *Queries) OpenTunnels(ctx context.Context, gateway string) ([]Tunnel, error) {
+	rows, err := q.db.Query(ctx, `SELECT `+tunnelColumns+` FROM tunnels WHERE gateway = $1 AND state = 'open'`, gateway)
+	if err != nil {
+		return nil, dbError(fmt.Sprintf("list open tunnels of gateway %q", gateway), err)
+	}
+	ts, err := collectTunnels(rows)
+	if err != nil {
+		return nil, dbError(fmt.Sprintf("list open tunnels of gateway %q", gateway), err)
+	}
+	return ts, nil
+}
+
+// CountOpenTunnels counts a gateway's open tunnels.
+func (q *Queries) CountOpenTunnels(ctx context.Context, gateway string) (int64, error) {
+	var n int64
+	if err := q.db.QueryRow(ctx, `SELECT count(*) FROM tunnels WHERE gateway = $1 AND state = 'open'`, gateway).Scan(&n); err != nil {
+		return 0, dbError(fmt.Sprintf("count open tunnels of gateway %q", gateway), err)
+	}
+	return n, nil
+}
+
+// CloseTunnel ends an open tunnel with state (closed, expired or failed) and reason, which
+// releases its address. closed is false, with the tunnel as it is, when it had already ended.
+func (q *Queries) CloseTunnel(ctx context.Context, id string, state TunnelState, reason string) (t Tunnel, closed bool, err error) {
+	op := fmt.Sprintf("close tunnel %s", id)
+	t, err = scanTunnel(q.db.QueryRow(ctx, `
+		UPDATE tunnels SET state = $2, closed_at = $3, close_reason = $4
+		WHERE id = $1 AND state = 'open'
+		RETURNING `+tunnelColumns, id, string(state), q.now(), reason))
+	if err == nil {
+		return t, true, nil
+	}
+	if !errors.Is(err, pgx.ErrNoRows) {
+		return Tunnel{}, false, dbError(op, err)
+	}
+	t, err = q.GetTunnel(ctx, id)
+	return t, false, err
+}
+
+// ExpireTunnels ends the gateway's open tunnels whose expiry has passed and returns them.
+func (q *Queries) ExpireTunnels(ctx context.Context, gateway string) ([]Tunnel, error) {
+	now := q.now()
+	rows, err := q.db.Query(ctx, `
+		UPDATE tunnels SET state = 'expired', closed_at = $2, close_reason = 'expired'
+		WHERE gateway = $1 AND state = 'open' AND expires_at <= $2
+		RETURNING `+tunnelColumns, gateway, now)
+	if err != nil {
+		return nil, dbError(fmt.Sprintf("expire tunnels of gateway %q", gateway), err)
+	}
+	ts, err := collectTunnels(rows)
+	if err != nil {
+		return nil, dbError(fmt.Sprintf("expire tunnels of gateway %q", gateway), err)
+	}
+	return ts, nil
+}
+
+// MarkPhonedHome records the first phone-home through an open tunnel and returns the tunnel.
+func (q *Queries) MarkPhonedHome(ctx context.Context, id string) (Tunnel, error) {
+	t, err := scanTunnel(q.db.QueryRow(ctx, `
+		UPDATE tunnels SET phoned_home_at = COALESCE(phoned_home_at, $2)
+		WHERE id = $1 RETURNING `+tunnelColumns, id, q.now()))
+	if err != nil {
+		return Tunnel{}, dbError(fmt.Sprintf("mark tunnel %s phoned home", id), err)
+	}
+	return t, nil
+}
+
+// TunnelFilter selects tunnels for ListTunnels, newest first.
+type TunnelFilter struct {
+	NodeID  string
+	Gateway string
+	States  []TunnelState
+	After   string // page token of the previous page
+	Limit   int    // 0 means DefaultPageSize, capped at MaxPageSize
+}
+
+// ListTunnels returns a page of tunnels, newest first, and the token of the next page ("" on
+// the last).
+func (q *Queries) ListTunnels(ctx context.Context, f TunnelFilter) ([]Tunnel, string, error) {
+	where := []string{"TRUE"}
+	var args []any
+	add := func(cond string, arg any) {
+		args = append(args, arg)
+		where = append(where, fmt.Sprintf(cond, len(args)))
+	}
+	if f.NodeID != "" {
+		add("node_id = $%d", f.NodeID)
+	}
+	if f.Gateway != "" {
+		add("gateway = $%d", f.Gateway)
+	}
+	if len(f.States) > 0 {
+		states := make([]string, len(f.States))
+		for i, s := range f.States {
+			states[i] = string(s)
+		}
+		add("state = ANY($%d)", states)
+	}
+	if f.After != "" {
+		at, id, err := decodeTunnelToken(f.After)
+		if err != nil {
+			return nil, "", err
+		}
+		args = append(args, at, id)
+		where = append(where, fmt.Sprintf("(opened_at, id) < ($%d, $%d::uuid)", len(args)-1, len(args)))
+	}
+	limit := pageSize(f.Limit)
+	args = append(args, limit+1)
+	rows, err := q.db.Query(ctx, `SELECT `+tunnelColumns+` FROM tunnels WHERE `+strings.Join(where, " AND ")+
+		fmt.Sprintf(` ORDER BY opened_at DESC, id DESC LIMIT $%d`, len(args)), args...)
+	if err != nil {
+		return nil, "", dbError("list tunnels", err)
+	}
+	ts, err := collectTunnels(rows)
+	if err != nil {
+		return nil, "", dbError("list tunnels", err)
+	}
+	next := ""
+	if len(ts) > limit {
+		ts = ts[:limit]
+		last := ts[limit-1]
+		next = base64.RawURLEncoding.EncodeToString([]byte(last.OpenedAt.Format(time.RFC3339Nano) + "|" + last.ID))
+	}
+	return ts, next, nil
+}
+
+func decodeTunnelToken(tok string) (time.Time, string, error) {
+	b, err := base64.RawURLEncoding.DecodeString(tok)
+	if err == nil {
+		if at, id, ok := strings.Cut(string(b), "|"); ok {
+			if t, err := time.Parse(time.RFC3339Nano, at); err == nil {
+				return t, id, nil
+			}
+		}
+	}
+	return time.Time{}, "", fmt.Errorf("list tunnels: malformed page token: %w", ErrInvalid)
+}
