@@ -474,7 +474,7 @@ func findBinDir() (string, error) {
 			return d, nil
 		}
 	}
-	return "", errors.New("Postgres server binaries (initdb, postgres) not found in /usr/lib/postgresql/*/bin or on PATH " +
+	return "", errors.New("postgres server binaries (initdb, postgres) not found in /usr/lib/postgresql/*/bin or on PATH " +
 		"(install the postgresql package, or set " + EnvBinDir + " or " + EnvURL + ")")
 }
 
