@@ -1,0 +1,287 @@
+package tunnel
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"regexp"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	tunnelmgrv1 "github.com/attestboot/attestboot/proto/attestboot/tunnelmgr/v1"
+	"github.com/attestboot/attestboot/services/inventory"
+	"github.com/attestboot/attestboot/tunnelmgr/internal/gateway"
+)
+
+// Event kinds and refusal reasons.
+const (
+	KindOpened  = "tunnel.opened"
+	KindClosed  = "tunnel.closed"
+	KindFailed  = "tunnel.failed"
+	KindRefused = "tunnel.refused"
+
+	ReasonInvalidRequest       = "invalid_request"
+	ReasonAttestationUnknown   = "attestation_unknown"
+	ReasonAttestationConsumed  = "attestation_consumed"
+	ReasonAttestationExpired   = "attestation_expired"
+	ReasonKeyMismatch          = "key_mismatch"
+	ReasonNodeDisabled         = "node_disabled"
+	ReasonPoolExhausted        = "pool_exhausted"
+	ReasonDeviceError          = "device_error"
+	ReasonWrongGatewayForClose = "not_this_gateway"
+)
+
+// Config of the service.
+type Config struct {
+	// Gateway is this instance's gateway: its inventory row and its device.
+	Gateway *gateway.Gateway
+	Info    inventory.Gateway
+	// TTL of a tunnel that is not closed by phone-home; default 10 min.
+	TTL time.Duration
+}
+
+// Server implements TunnelManagerService and TunnelAdminService.
+type Server struct {
+	cfg     Config
+	store   *inventory.Store
+	logger  *slog.Logger
+	metrics metrics
+
+	node  nodeFacing
+	admin adminAPI
+}
+
+type metrics struct {
+	opens, closes prometheus.Counter
+	refusals      *prometheus.CounterVec
+}
+
+// nodeFacing and adminAPI split the two gRPC services, which both have methods of the same
+// name shape, over one Server.
+type nodeFacing struct {
+	tunnelmgrv1.UnsafeTunnelManagerServiceServer
+	s *Server
+}
+
+type adminAPI struct {
+	tunnelmgrv1.UnsafeTunnelAdminServiceServer
+	s *Server
+}
+
+// New returns the service. reg may be nil.
+func New(cfg Config, store *inventory.Store, logger *slog.Logger, reg prometheus.Registerer) (*Server, error) {
+	if cfg.Gateway == nil || cfg.Info.Name == "" {
+		return nil, errors.New("tunnel: no gateway")
+	}
+	if cfg.TTL == 0 {
+		cfg.TTL = 10 * time.Minute
+	}
+	if cfg.TTL < time.Second {
+		return nil, fmt.Errorf("tunnel: TTL %v too short", cfg.TTL)
+	}
+	m := metrics{
+		opens: prometheus.NewCounter(prometheus.CounterOpts{Name: "attestboot_tunnel_opens_total", Help: "Tunnels opened."}),
+		closes: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "attestboot_tunnel_closes_total", Help: "Tunnels closed by phone-home or an admin."}),
+		refusals: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "attestboot_tunnel_refusals_total", Help: "OpenTunnel refusals by reason."}, []string{"reason"}),
+	}
+	if reg != nil {
+		for _, c := range []prometheus.Collector{m.opens, m.closes, m.refusals} {
+			if err := reg.Register(c); err != nil {
+				return nil, fmt.Errorf("tunnel: register metrics: %w", err)
+			}
+		}
+	}
+	s := &Server{cfg: cfg, store: store, logger: logger, metrics: m}
+	s.node, s.admin = nodeFacing{s: s}, adminAPI{s: s}
+	return s, nil
+}
+
+// Register adds both services to a gRPC server.
+func (s *Server) Register(r grpc.ServiceRegistrar) {
+	tunnelmgrv1.RegisterTunnelManagerServiceServer(r, s.node)
+	tunnelmgrv1.RegisterTunnelAdminServiceServer(r, s.admin)
+}
+
+type refusal struct {
+	code   codes.Code
+	reason string
+	err    error
+}
+
+func (s *Server) refuse(ctx context.Context, nodeID string, r refusal, detail map[string]any) error {
+	if r.code == codes.Internal {
+		s.logger.ErrorContext(ctx, "open tunnel failed", "node", nodeID, "err", r.err)
+		return status.Error(codes.Internal, "internal error")
+	}
+	s.logger.InfoContext(ctx, "tunnel refused", "node", nodeID, "reason", r.reason, "err", r.err)
+	detail["gateway"] = s.cfg.Info.Name
+	if _, err := s.store.AppendEvent(ctx, inventory.Event{
+		NodeID: nodeID, Kind: KindRefused, Service: "tunnelmgr", Reason: r.reason, Detail: detail,
+	}); err != nil {
+		s.logger.ErrorContext(ctx, "record tunnel refusal", "err", err)
+		return status.Error(codes.Internal, "internal error")
+	}
+	s.metrics.refusals.WithLabelValues(r.reason).Inc()
+	msg := "tunnel refused"
+	if r.code == codes.InvalidArgument {
+		msg = "invalid tunnel request"
+	}
+	return status.Error(r.code, msg)
+}
+
+// OpenTunnel consumes the attestation and adds the peer.
+func (n nodeFacing) OpenTunnel(ctx context.Context, req *tunnelmgrv1.OpenTunnelRequest) (*tunnelmgrv1.OpenTunnelResponse, error) {
+	s := n.s
+	detail := map[string]any{"attestation_id": boundedString(req.GetAttestationId())}
+	if _, err := uuid.Parse(req.GetAttestationId()); err != nil {
+		return nil, s.refuse(ctx, "", refusal{codes.InvalidArgument, ReasonInvalidRequest, err}, detail)
+	}
+	if len(req.GetWireguardPublicKey()) != 32 {
+		return nil, s.refuse(ctx, "", refusal{codes.InvalidArgument, ReasonInvalidRequest,
+			fmt.Errorf("WireGuard key of %d bytes", len(req.GetWireguardPublicKey()))}, detail)
+	}
+
+	var (
+		t      inventory.Tunnel
+		nodeID string
+		reused bool
+		ref    *refusal
+	)
+	err := s.store.InTx(ctx, func(q *inventory.Queries) error {
+		a, err := q.GetAttestation(ctx, req.GetAttestationId())
+		if errors.Is(err, inventory.ErrNotFound) {
+			ref = &refusal{codes.PermissionDenied, ReasonAttestationUnknown, err}
+			return nil
+		} else if err != nil {
+			return err
+		}
+		nodeID = a.NodeID
+		if !bytes.Equal(a.WireGuardPublicKey, req.GetWireguardPublicKey()) {
+			ref = &refusal{codes.PermissionDenied, ReasonKeyMismatch, errors.New("key differs from the one the quote bound")}
+			return nil
+		}
+		if !a.ConsumedAt.IsZero() {
+			// A retry of a call whose answer was lost gets the same open tunnel.
+			prev, err := q.TunnelOfAttestation(ctx, a.ID)
+			if err == nil && prev.State == inventory.TunnelOpen && prev.Gateway == s.cfg.Info.Name {
+				t, reused = prev, true
+				return nil
+			}
+			ref = &refusal{codes.PermissionDenied, ReasonAttestationConsumed, errors.New("attestation already consumed")}
+			return nil
+		}
+		node, err := q.GetNode(ctx, a.NodeID)
+		if err != nil {
+			return err
+		}
+		if !node.Enabled {
+			ref = &refusal{codes.PermissionDenied, ReasonNodeDisabled, errors.New("node is disabled")}
+			return nil
+		}
+		if _, err := q.ConsumeAttestation(ctx, a.ID); errors.Is(err, inventory.ErrAttestationSpent) {
+			ref = &refusal{codes.PermissionDenied, ReasonAttestationExpired, err}
+			return nil
+		} else if err != nil {
+			return err
+		}
+		t, err = q.OpenTunnel(ctx, inventory.Tunnel{
+			Gateway: s.cfg.Info.Name, NodeID: a.NodeID, AttestationID: a.ID, WireGuardPublicKey: a.WireGuardPublicKey,
+		}, s.cfg.TTL)
+		if errors.Is(err, inventory.ErrPoolExhausted) {
+			ref = &refusal{codes.ResourceExhausted, ReasonPoolExhausted, err}
+			return errRollback
+		} else if err != nil {
+			return err
+		}
+		_, err = q.AppendEvent(ctx, inventory.Event{
+			NodeID: a.NodeID, Kind: KindOpened, Service: "tunnelmgr",
+			Detail: map[string]any{"tunnel_id": t.ID, "gateway": t.Gateway, "addresses": addressStrings(t)},
+		})
+		return err
+	})
+	if ref != nil {
+		return nil, s.refuse(ctx, nodeID, *ref, detail)
+	}
+	if err != nil {
+		return nil, s.refuse(ctx, nodeID, refusal{codes.Internal, "internal", err}, detail)
+	}
+	if err := s.cfg.Gateway.AddPeer(t); err != nil {
+		return nil, s.fail(ctx, t, err)
+	}
+	if !reused {
+		s.metrics.opens.Inc()
+	}
+	return s.response(t), nil
+}
+
+// errRollback ends a transaction whose refusal must leave nothing behind.
+var errRollback = errors.New("rollback")
+
+// fail marks a tunnel whose peer the device refused, so its address is released and nothing
+// stays on the device.
+func (s *Server) fail(ctx context.Context, t inventory.Tunnel, cause error) error {
+	s.logger.ErrorContext(ctx, "add peer", "tunnel", t.ID, "node", t.NodeID, "err", cause)
+	_ = s.cfg.Gateway.RemovePeer(t)
+	err := s.store.InTx(ctx, func(q *inventory.Queries) error {
+		if _, _, err := q.CloseTunnel(ctx, t.ID, inventory.TunnelFailed, ReasonDeviceError); err != nil {
+			return err
+		}
+		_, err := q.AppendEvent(ctx, inventory.Event{
+			NodeID: t.NodeID, Kind: KindFailed, Service: "tunnelmgr", Reason: ReasonDeviceError,
+			Detail: map[string]any{"tunnel_id": t.ID, "gateway": t.Gateway},
+		})
+		return err
+	})
+	if err != nil {
+		s.logger.ErrorContext(ctx, "mark tunnel failed", "tunnel", t.ID, "err", err)
+	}
+	return status.Error(codes.Unavailable, "gateway could not add the tunnel; retry")
+}
+
+func (s *Server) response(t inventory.Tunnel) *tunnelmgrv1.OpenTunnelResponse {
+	g := s.cfg.Info
+	resp := &tunnelmgrv1.OpenTunnelResponse{
+		TunnelId:                   t.ID,
+		GatewayPublicKey:           g.PublicKey,
+		Endpoint:                   g.Endpoint,
+		NodeAddresses:              addressStrings(t),
+		MetadataUrl:                g.MetadataURL,
+		PersistentKeepaliveSeconds: uint32(g.KeepaliveSeconds),
+		ExpiresAt:                  timestamppb.New(t.ExpiresAt),
+	}
+	for _, a := range []netip.Addr{g.AddressV4, g.AddressV6} {
+		if a.IsValid() {
+			resp.GatewayAddresses = append(resp.GatewayAddresses, a.String())
+			resp.AllowedIps = append(resp.AllowedIps, netip.PrefixFrom(a, a.BitLen()).String())
+		}
+	}
+	return resp
+}
+
+func addressStrings(t inventory.Tunnel) []string {
+	var out []string
+	for _, p := range t.Addresses() {
+		out = append(out, p.String())
+	}
+	return out
+}
+
+func boundedString(s string) string {
+	if len(s) > 64 {
+		return s[:64]
+	}
+	return s
+}
+
+var reasonPattern = regexp.MustCompile(`^[a-z0-9_.-]{1,64}$`)
