@@ -186,4 +186,3 @@ func toProto(t inventory.Tunnel) *tunnelmgrv1.Tunnel {
 	}
 	return out
 }
-
