@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"strings"
 	"time"
 
@@ -126,7 +127,7 @@ func Handler(g prometheus.Gatherer) http.Handler {
 // shutdownTimeout bounds how long Serve waits for scrapes in flight when ctx ends.
 const shutdownTimeout = 5 * time.Second
 
-// Serve serves /metrics of g on lis until ctx ends, then shuts the server down gracefully.
+// Serve serves /metrics of g (and Go profiles under /debug/pprof/) on lis until ctx ends, then shuts the server down gracefully.
 // It returns nil after a shutdown through ctx, the server's error otherwise.
 func Serve(ctx context.Context, lis net.Listener, g prometheus.Gatherer, logger *slog.Logger) error {
 	if logger == nil {
@@ -134,6 +135,12 @@ func Serve(ctx context.Context, lis net.Listener, g prometheus.Gatherer, logger 
 	}
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", Handler(g))
+	// Profiles share the metrics listener, which is loopback by default: operators and the
+	// boot-storm benchmark read them where they read the metrics.
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	srv := &http.Server{
 		Handler:           mux,
 		ReadHeaderTimeout: 5 * time.Second,
