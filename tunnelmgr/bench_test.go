@@ -109,5 +109,3 @@ func BenchmarkReconcile10k(b *testing.B) {
 		b.StartTimer()
 	}
 }
-
-
