@@ -10,6 +10,8 @@ PACKAGES := $(addsuffix /...,$(MODULES))
 MODDIRS  := $(shell go list -m -f '{{.Dir}}' 2>/dev/null)
 
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
+# gotestsum prints every test by name with its result, so a CI log shows what ran and what skipped.
+GOTESTSUM   := gotest.tools/gotestsum@v1.13.0
 TEST_FLAGS  ?= -count=1 -timeout 12m
 BENCH       ?= .
 
@@ -43,7 +45,7 @@ verify: ## generated code up to date, buf lint, gofmt, go vet, staticcheck, go.m
 
 .PHONY: test
 test: deps ## run every module's tests against real Postgres, swtpm, WireGuard and cloud-init
-	go test $(TEST_FLAGS) -p 2 $(PACKAGES)
+	go run $(GOTESTSUM) --format testname --format-hide-empty-pkg -- $(TEST_FLAGS) -p 2 $(PACKAGES)
 
 .PHONY: bench
 bench: deps ## run the benchmarks and print their figures

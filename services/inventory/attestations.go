@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 )
 
@@ -44,21 +45,50 @@ func scanAttestation(row pgx.Row) (Attestation, error) {
 	return a, err
 }
 
-// CreateAttestation records a passed attestation, created now and expiring after ttl.
-func (q *Queries) CreateAttestation(ctx context.Context, a Attestation, ttl time.Duration) (Attestation, error) {
+// CreateAttestation records a passed attestation, created now and expiring after ttl, and
+// appends events (whose Detail may use AttestationIDKey for the new id) — in one round trip
+// and, outside InTx, one implicit transaction.
+func (q *Queries) CreateAttestation(ctx context.Context, a Attestation, ttl time.Duration, events ...Event) (Attestation, error) {
 	now := q.now()
-	row := q.db.QueryRow(ctx, `
-		INSERT INTO attestations (session_id, node_id, ek_sha256, ak_sha256, wireguard_public_key,
-			created_at, expires_at)
-		VALUES ($1, $2, $3, $4, $5, $6, $7)
-		RETURNING `+attestationColumns,
-		a.SessionID, a.NodeID, a.EKSHA256, a.AKSHA256, a.WireGuardPublicKey, now, now.Add(ttl))
-	stored, err := scanAttestation(row)
+	op := fmt.Sprintf("create attestation for node %q", a.NodeID)
+	// The id is chosen here so the events can name it in the same round trip.
+	id, err := uuid.NewRandom()
 	if err != nil {
-		return Attestation{}, dbError(fmt.Sprintf("create attestation for node %q", a.NodeID), err)
+		return Attestation{}, fmt.Errorf("%s: %w", op, err)
+	}
+	for _, e := range events {
+		if e.Detail != nil {
+			if _, ok := e.Detail[AttestationIDKey]; ok {
+				e.Detail[AttestationIDKey] = id.String()
+			}
+		}
+	}
+	b := &pgx.Batch{}
+	b.Queue(`
+		INSERT INTO attestations (id, session_id, node_id, ek_sha256, ak_sha256, wireguard_public_key,
+			created_at, expires_at)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+		RETURNING `+attestationColumns,
+		id.String(), a.SessionID, a.NodeID, a.EKSHA256, a.AKSHA256, a.WireGuardPublicKey, now, now.Add(ttl))
+	queueEvents(b, now, events)
+	br := q.db.SendBatch(ctx, b)
+	defer br.Close()
+	stored, err := scanAttestation(br.QueryRow())
+	if err != nil {
+		return Attestation{}, dbError(op, err)
+	}
+	if err := execEvents(br, events); err != nil {
+		return Attestation{}, dbError(op, err)
+	}
+	if err := br.Close(); err != nil {
+		return Attestation{}, dbError(op, err)
 	}
 	return stored, nil
 }
+
+// AttestationIDKey in an event's Detail passed to CreateAttestation is filled with the new
+// attestation's id.
+const AttestationIDKey = "attestation_id"
 
 // GetAttestation returns an attestation by id.
 func (q *Queries) GetAttestation(ctx context.Context, id string) (Attestation, error) {

@@ -64,6 +64,34 @@ func (q *Queries) AppendEvent(ctx context.Context, e Event) (Event, error) {
 	return stored, nil
 }
 
+const insertEvent = `INSERT INTO events (at, node_id, kind, service, reason, detail)
+	VALUES ($1, NULLIF($2, ''), $3, $4, $5, $6)`
+
+// queueEvents adds events to a batch, timed at now unless they carry their own time.
+func queueEvents(b *pgx.Batch, now time.Time, events []Event) {
+	for _, e := range events {
+		at := e.At
+		if at.IsZero() {
+			at = now
+		}
+		detail := e.Detail
+		if detail == nil {
+			detail = map[string]any{}
+		}
+		b.Queue(insertEvent, at, e.NodeID, e.Kind, e.Service, e.Reason, detail)
+	}
+}
+
+// execEvents reads the results of events queued by queueEvents.
+func execEvents(br pgx.BatchResults, events []Event) error {
+	for _, e := range events {
+		if _, err := br.Exec(); err != nil {
+			return fmt.Errorf("append event %q: %w", e.Kind, err)
+		}
+	}
+	return nil
+}
+
 // QueryEvents returns the events matching f in ascending id order. A follower passes the id of
 // the last event it saw as AfterID.
 //

@@ -120,3 +120,81 @@ func TestAttestationsAreSingleUse(t *testing.T) {
 	_, err = b.store.ConsumeAttestation(ctx, a2.ID)
 	require.ErrorIs(t, err, inventory.ErrAttestationSpent)
 }
+
+func TestBatchedSessionWritesAreAtomic(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	b := setup(t)
+	_, err := b.store.CreateNode(ctx, inventory.Node{ID: "n1", Enabled: true})
+	require.NoError(t, err)
+	first, err := b.store.CreateSession(ctx, newSession("n1", 1), time.Minute,
+		inventory.Event{NodeID: "n1", Kind: "attestation.begun", Service: "test"})
+	require.NoError(t, err)
+
+	// The same EK for a node that does not exist: the insert fails, so the supersede of the
+	// first session and the event must not happen either.
+	_, err = b.store.CreateSession(ctx, newSession("ghost", 1), time.Minute,
+		inventory.Event{NodeID: "ghost", Kind: "attestation.begun", Service: "test"})
+	require.Error(t, err)
+	taken, err := b.store.TakeSession(ctx, first.ID)
+	require.NoError(t, err, "the first session is still pending")
+	require.Equal(t, inventory.SessionConsumed, taken.State)
+	evs, err := b.store.QueryEvents(ctx, inventory.EventQuery{})
+	require.NoError(t, err)
+	require.Len(t, evs, 1, "only the successful batch's event")
+
+	// CreateAttestation names the new id in its event, in the same round trip.
+	a, err := b.store.CreateAttestation(ctx, inventory.Attestation{SessionID: first.ID, NodeID: "n1",
+		EKSHA256: first.EKSHA256, AKSHA256: first.AKSHA256, WireGuardPublicKey: first.WireGuardPublicKey},
+		time.Minute, inventory.Event{NodeID: "n1", Kind: "attestation.passed", Service: "test",
+			Detail: map[string]any{inventory.AttestationIDKey: ""}})
+	require.NoError(t, err)
+	evs, err = b.store.QueryEvents(ctx, inventory.EventQuery{Kinds: []string{"attestation.passed"}})
+	require.NoError(t, err)
+	require.Equal(t, a.ID, evs[0].Detail[inventory.AttestationIDKey])
+}
+
+func TestAttestationSubjectAndCompletion(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	b := setup(t)
+	_, err := b.store.CreateNode(ctx, inventory.Node{ID: "n1", Enabled: true})
+	require.NoError(t, err)
+	ek := newSession("n1", 1).EKSHA256
+
+	sub, err := b.store.AttestationSubject(ctx, "n1", ek, t0)
+	require.NoError(t, err)
+	require.Equal(t, inventory.Subject{Enabled: true}, sub)
+	_, err = b.store.AttestationSubject(ctx, "ghost", ek, t0)
+	require.ErrorIs(t, err, inventory.ErrNotFound)
+
+	_, err = b.store.CreateGroup(ctx, inventory.Group{Name: "tofu", TrustOnFirstUse: true})
+	require.NoError(t, err)
+	_, err = b.store.CreateGroup(ctx, inventory.Group{Name: "pinned"})
+	require.NoError(t, err)
+	for _, g := range []string{"tofu", "pinned"} {
+		require.NoError(t, b.store.AddGroupMember(ctx, g, "n1"))
+	}
+	pcr := bytes.Repeat([]byte{9}, 32)
+	require.NoError(t, b.store.SetPCRPolicy(ctx, "pinned", inventory.PCRPolicy{7: pcr}))
+	_, _, err = b.store.Enroll(ctx, inventory.Enrollment{NodeID: "n1", EKSHA256: ek, Source: inventory.SourceAdmin})
+	require.NoError(t, err)
+	s, err := b.store.CreateSession(ctx, newSession("n1", 1), time.Minute)
+	require.NoError(t, err)
+
+	sub, err = b.store.AttestationSubject(ctx, "n1", ek, t0)
+	require.NoError(t, err)
+	require.True(t, sub.TrustOnFirstUse)
+	require.NotNil(t, sub.Enrollment)
+	require.Equal(t, ek, sub.Enrollment.EKSHA256)
+	require.Equal(t, 1, sub.SessionsByNode)
+	require.Equal(t, 1, sub.SessionsByEK)
+
+	taken, c, err := b.store.TakeSessionForCompletion(ctx, s.ID)
+	require.NoError(t, err)
+	require.Equal(t, inventory.SessionConsumed, taken.State)
+	require.True(t, c.NodeEnabled)
+	require.Equal(t, map[string]inventory.PCRPolicy{"pinned": {7: pcr}}, c.Policies)
+	_, _, err = b.store.TakeSessionForCompletion(ctx, s.ID)
+	require.ErrorIs(t, err, inventory.ErrSessionEnded, "taken once")
+}

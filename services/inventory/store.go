@@ -96,6 +96,9 @@ type dbtx interface {
 	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
 	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
 	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+	// SendBatch sends queued statements in one round trip. Outside a transaction they run in
+	// one implicit transaction: all of them take effect, or none.
+	SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults
 }
 
 // Queries holds every store method. The same methods work on the pool (Store embeds a

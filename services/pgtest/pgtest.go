@@ -18,6 +18,7 @@
 package pgtest
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -133,6 +134,32 @@ func Pool(t testing.TB, dbURL string) *pgxpool.Pool {
 	}
 	t.Cleanup(pool.Close)
 	return pool
+}
+
+// ServerPID returns the pid of the postmaster serving dbURL, found as the parent of a backend,
+// so benchmarks can read the cluster's CPU from /proc (procstat.CPUOfFamily). The server must
+// run on this machine.
+func ServerPID(t testing.TB, dbURL string) int {
+	t.Helper()
+	conn, err := pgx.Connect(context.Background(), dbURL)
+	if err != nil {
+		t.Fatalf("pgtest: connect: %v", err)
+	}
+	defer conn.Close(context.Background())
+	var backend int
+	if err := conn.QueryRow(context.Background(), `SELECT pg_backend_pid()`).Scan(&backend); err != nil {
+		t.Fatalf("pgtest: backend pid: %v", err)
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", backend))
+	if err != nil {
+		t.Fatalf("pgtest: the server does not run on this machine: %v", err)
+	}
+	fields := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
+	ppid, err := strconv.Atoi(fields[1])
+	if err != nil {
+		t.Fatalf("pgtest: parse /proc/%d/stat: %v", backend, err)
+	}
+	return ppid
 }
 
 func get(t testing.TB) *harness {

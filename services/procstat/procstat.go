@@ -18,6 +18,7 @@ const clockTicks = 100
 // Stat is one reading of a process.
 type Stat struct {
 	Comm string
+	PPid int
 	CPU  time.Duration // user + system
 	RSS  int64         // bytes resident now
 }
@@ -42,14 +43,16 @@ func parse(s string) (Stat, error) {
 		return Stat{}, fmt.Errorf("procstat: short stat line")
 	}
 	// Fields after the name start at field 3 (state): utime is field 14, stime 15, rss 24.
+	ppid, err0 := strconv.Atoi(f[1])
 	utime, err1 := strconv.ParseInt(f[11], 10, 64)
 	stime, err2 := strconv.ParseInt(f[12], 10, 64)
 	rss, err3 := strconv.ParseInt(f[21], 10, 64)
-	if err1 != nil || err2 != nil || err3 != nil {
+	if err0 != nil || err1 != nil || err2 != nil || err3 != nil {
 		return Stat{}, fmt.Errorf("procstat: malformed numbers")
 	}
 	return Stat{
 		Comm: s[open+1 : end],
+		PPid: ppid,
 		CPU:  time.Duration(utime+stime) * time.Second / clockTicks,
 		RSS:  rss * int64(os.Getpagesize()),
 	}, nil
@@ -66,6 +69,27 @@ func CPUOf(comm string) time.Duration {
 			continue
 		}
 		if st, err := parse(string(b)); err == nil && st.Comm == comm {
+			total += st.CPU
+		}
+	}
+	return total
+}
+
+// CPUOfFamily sums the CPU time of pid and its live children: a Postgres cluster is its
+// postmaster and the backends and workers it forked.
+func CPUOfFamily(pid int) time.Duration {
+	var total time.Duration
+	paths, _ := filepath.Glob("/proc/[0-9]*/stat")
+	for _, p := range paths {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			continue
+		}
+		st, err := parse(string(b))
+		if err != nil {
+			continue
+		}
+		if st.PPid == pid || p == fmt.Sprintf("/proc/%d/stat", pid) {
 			total += st.CPU
 		}
 	}

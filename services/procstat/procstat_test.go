@@ -22,6 +22,8 @@ func TestReadSelf(t *testing.T) {
 	require.Greater(t, after.CPU, before.CPU)
 	require.Positive(t, after.RSS)
 	require.Equal(t, before.Comm, after.Comm)
+	require.Equal(t, os.Getppid(), after.PPid)
+	require.GreaterOrEqual(t, CPUOfFamily(os.Getppid()), after.CPU, "a parent's family includes this process")
 }
 
 func TestParseOddNames(t *testing.T) {

@@ -149,42 +149,24 @@ func (s *Server) begin(ctx context.Context, req *attestorv1.BeginAttestationRequ
 		CreateSignature:   req.GetAttestationKey().GetCreateSignature(),
 	}
 
-	node, err := s.store.GetNode(ctx, nodeID)
+	sub, err := s.store.AttestationSubject(ctx, nodeID, id.SHA256, now.Add(-s.cfg.RateWindow))
 	if errors.Is(err, inventory.ErrNotFound) {
 		return nil, refuse(codes.PermissionDenied, ReasonNodeUnknown, err)
 	} else if err != nil {
 		return nil, refuse(codes.Internal, "internal", err)
 	}
-	if !node.Enabled {
+	if !sub.Enabled {
 		return nil, refuse(codes.PermissionDenied, ReasonNodeDisabled, errors.New("node is disabled"))
 	}
-	var enrolled *inventory.Enrollment
-	switch e, err := s.store.GetEnrollment(ctx, nodeID); {
-	case err == nil:
-		enrolled = &e
-	case !errors.Is(err, inventory.ErrNotFound):
-		return nil, refuse(codes.Internal, "internal", err)
-	}
-	var groups []inventory.Group
-	if enrolled == nil {
-		if groups, err = s.store.GroupsOfNode(ctx, nodeID); err != nil {
-			return nil, refuse(codes.Internal, "internal", err)
-		}
-	}
-	enroll, err := s.cfg.EK.Decide(nodeID, id, enrolled, groups)
+	enroll, err := s.cfg.EK.Decide(nodeID, id, sub.Enrollment, sub.TrustOnFirstUse)
 	if err != nil {
 		return nil, ekRefusal(err)
 	}
-
-	byNode, byEK, err := s.store.CountSessionsSince(ctx, nodeID, id.SHA256, now.Add(-s.cfg.RateWindow))
-	if err != nil {
-		return nil, refuse(codes.Internal, "internal", err)
+	if sub.SessionsByNode >= s.cfg.MaxPerNode {
+		return nil, refuse(codes.ResourceExhausted, ReasonRateLimitedNode, fmt.Errorf("%d sessions in %v", sub.SessionsByNode, s.cfg.RateWindow))
 	}
-	if byNode >= s.cfg.MaxPerNode {
-		return nil, refuse(codes.ResourceExhausted, ReasonRateLimitedNode, fmt.Errorf("%d sessions in %v", byNode, s.cfg.RateWindow))
-	}
-	if byEK >= s.cfg.MaxPerEK {
-		return nil, refuse(codes.ResourceExhausted, ReasonRateLimitedEK, fmt.Errorf("%d sessions in %v", byEK, s.cfg.RateWindow))
+	if sub.SessionsByEK >= s.cfg.MaxPerEK {
+		return nil, refuse(codes.ResourceExhausted, ReasonRateLimitedEK, fmt.Errorf("%d sessions in %v", sub.SessionsByEK, s.cfg.RateWindow))
 	}
 
 	secret, cred, err := akparams.Challenge(akp, id.Public)
@@ -199,9 +181,18 @@ func (s *Server) begin(ctx context.Context, req *attestorv1.BeginAttestationRequ
 	secretHash := sha256.Sum256(secret)
 	akHash := sha256.Sum256(akp.Public)
 
+	session := inventory.Session{
+		NodeID: nodeID, EKSHA256: id.SHA256, AKPublic: akp.Public, AKSHA256: akHash[:],
+		WireGuardPublicKey: req.GetWireguardPublicKey(), Nonce: nonce, SecretSHA256: secretHash[:],
+	}
+	begun := inventory.Event{NodeID: nodeID, Kind: KindBegun, Service: "attestor",
+		Detail: map[string]any{"ek_sha256": fmt.Sprintf("%x", id.SHA256)}}
 	var sess inventory.Session
-	err = s.store.InTx(ctx, func(q *inventory.Queries) error {
-		if enroll != nil {
+	if enroll == nil {
+		// The common case: one round trip, one implicit transaction.
+		sess, err = s.store.CreateSession(ctx, session, s.cfg.SessionTTL, begun)
+	} else {
+		err = s.store.InTx(ctx, func(q *inventory.Queries) error {
 			if _, _, err := q.Enroll(ctx, *enroll); err != nil {
 				return err
 			}
@@ -211,21 +202,11 @@ func (s *Server) begin(ctx context.Context, req *attestorv1.BeginAttestationRequ
 			}); err != nil {
 				return err
 			}
-		}
-		var err error
-		sess, err = q.CreateSession(ctx, inventory.Session{
-			NodeID: nodeID, EKSHA256: id.SHA256, AKPublic: akp.Public, AKSHA256: akHash[:],
-			WireGuardPublicKey: req.GetWireguardPublicKey(), Nonce: nonce, SecretSHA256: secretHash[:],
-		}, s.cfg.SessionTTL)
-		if err != nil {
+			var err error
+			sess, err = q.CreateSession(ctx, session, s.cfg.SessionTTL, begun)
 			return err
-		}
-		_, err = q.AppendEvent(ctx, inventory.Event{
-			NodeID: nodeID, Kind: KindBegun, Service: "attestor",
-			Detail: map[string]any{"session_id": sess.ID, "ek_sha256": fmt.Sprintf("%x", id.SHA256)},
 		})
-		return err
-	})
+	}
 	if errors.Is(err, inventory.ErrConflict) && enroll != nil {
 		// Another node holds this EK, or a concurrent first use enrolled a different one.
 		return nil, refuse(codes.PermissionDenied, ReasonEKMismatch, err)
@@ -246,41 +227,24 @@ func (s *Server) CompleteAttestation(ctx context.Context, req *attestorv1.Comple
 	if r := validateComplete(req); r != nil {
 		return nil, s.record(ctx, s.store.Queries, "", r, map[string]any{"step": "complete"})
 	}
-	var (
-		resp   *attestorv1.CompleteAttestationResponse
-		status error
-	)
-	err := s.store.InTx(ctx, func(q *inventory.Queries) error {
-		sess, r := s.complete(ctx, q, req)
-		if r != nil {
-			status = s.record(ctx, q, sess.NodeID, r, map[string]any{"step": "complete", "session_id": req.GetSessionId()})
-			return nil // commit: the session stays taken and the refusal is recorded
-		}
-		a, err := q.CreateAttestation(ctx, inventory.Attestation{
-			SessionID: sess.ID, NodeID: sess.NodeID, EKSHA256: sess.EKSHA256, AKSHA256: sess.AKSHA256,
-			WireGuardPublicKey: sess.WireGuardPublicKey,
-		}, s.cfg.AttestationTTL)
-		if err != nil {
-			return err
-		}
-		if _, err := q.AppendEvent(ctx, inventory.Event{
-			NodeID: sess.NodeID, Kind: KindPassed, Service: "attestor",
-			Detail: map[string]any{"attestation_id": a.ID, "session_id": sess.ID},
-		}); err != nil {
-			return err
-		}
-		resp = &attestorv1.CompleteAttestationResponse{AttestationId: a.ID, ExpiresAt: timestamppb.New(a.ExpiresAt)}
-		return nil
+	sess, r := s.complete(ctx, req)
+	if r != nil {
+		return nil, s.record(ctx, s.store.Queries, sess.NodeID, r, map[string]any{"step": "complete", "session_id": req.GetSessionId()})
+	}
+	// The session is already spent; if this insert fails the node begins again.
+	a, err := s.store.CreateAttestation(ctx, inventory.Attestation{
+		SessionID: sess.ID, NodeID: sess.NodeID, EKSHA256: sess.EKSHA256, AKSHA256: sess.AKSHA256,
+		WireGuardPublicKey: sess.WireGuardPublicKey,
+	}, s.cfg.AttestationTTL, inventory.Event{
+		NodeID: sess.NodeID, Kind: KindPassed, Service: "attestor",
+		Detail: map[string]any{inventory.AttestationIDKey: "", "session_id": sess.ID},
 	})
 	if err != nil {
-		s.logger.ErrorContext(ctx, "complete attestation", "session", req.GetSessionId(), "err", err)
+		s.logger.ErrorContext(ctx, "record attestation", "session", sess.ID, "err", err)
 		return nil, statusInternal()
 	}
-	if status != nil {
-		return nil, status
-	}
 	s.metrics.passed.Inc()
-	return resp, nil
+	return &attestorv1.CompleteAttestationResponse{AttestationId: a.ID, ExpiresAt: timestamppb.New(a.ExpiresAt)}, nil
 }
 
 func statusInternal() error {
@@ -306,10 +270,11 @@ func validateComplete(req *attestorv1.CompleteAttestationRequest) *refusal {
 	return nil
 }
 
-// complete runs inside the transaction. It returns the session (for the event's node id, when
-// known) and a refusal, or no refusal when the attestation passed.
-func (s *Server) complete(ctx context.Context, q *inventory.Queries, req *attestorv1.CompleteAttestationRequest) (inventory.Session, *refusal) {
-	sess, err := q.TakeSession(ctx, req.GetSessionId())
+// complete takes the session — whatever the outcome, a session is answered once — and checks
+// the answer. It returns the session (for the event's node id, when known) and a refusal, or no
+// refusal when the attestation passed.
+func (s *Server) complete(ctx context.Context, req *attestorv1.CompleteAttestationRequest) (inventory.Session, *refusal) {
+	sess, c, err := s.store.TakeSessionForCompletion(ctx, req.GetSessionId())
 	switch {
 	case errors.Is(err, inventory.ErrNotFound):
 		return sess, refuse(codes.FailedPrecondition, ReasonSessionUnknown, err)
@@ -329,14 +294,10 @@ func (s *Server) complete(ctx context.Context, q *inventory.Queries, req *attest
 		return sess, refuse(codes.PermissionDenied, ReasonSecretMismatch, errors.New("activated secret does not match"))
 	}
 
-	node, err := q.GetNode(ctx, sess.NodeID)
-	if err != nil {
-		return sess, refuse(codes.Internal, "internal", err)
-	}
-	if !node.Enabled {
+	if !c.NodeEnabled {
 		return sess, refuse(codes.PermissionDenied, ReasonNodeDisabled, errors.New("node was disabled during attestation"))
 	}
-	policy, r := pcrPolicy(ctx, q, sess.NodeID)
+	policy, r := mergePolicies(c.Policies)
 	if r != nil {
 		return sess, r
 	}
@@ -360,22 +321,14 @@ func (s *Server) complete(ctx context.Context, q *inventory.Queries, req *attest
 	return sess, nil
 }
 
-// pcrPolicy merges the policies of the node's groups: the node must satisfy every one, so two
-// groups demanding different values for one PCR refuse every member.
-func pcrPolicy(ctx context.Context, q *inventory.Queries, nodeID string) (map[int][]byte, *refusal) {
-	groups, err := q.GroupsOfNode(ctx, nodeID)
-	if err != nil {
-		return nil, refuse(codes.Internal, "internal", err)
-	}
+// mergePolicies merges the policies of the node's groups: the node must satisfy every one, so
+// two groups demanding different values for one PCR refuse every member.
+func mergePolicies(policies map[string]inventory.PCRPolicy) (map[int][]byte, *refusal) {
 	merged := map[int][]byte{}
-	for _, g := range groups {
-		p, err := q.GetPCRPolicy(ctx, g.Name)
-		if err != nil {
-			return nil, refuse(codes.Internal, "internal", err)
-		}
+	for group, p := range policies {
 		for idx, want := range p {
 			if prev, ok := merged[idx]; ok && string(prev) != string(want) {
-				return nil, refuse(codes.PermissionDenied, ReasonPCRPolicy, fmt.Errorf("groups disagree on PCR %d", idx))
+				return nil, refuse(codes.PermissionDenied, ReasonPCRPolicy, fmt.Errorf("groups disagree on PCR %d (%s and another)", idx, group))
 			}
 			merged[idx] = want
 		}

@@ -110,10 +110,11 @@ func (p *Policy) Identify(certDER, pkix []byte, now time.Time) (Identity, error)
 	return id, nil
 }
 
-// Decide checks id against the node's enrollment (nil when it has none) and groups. It returns
-// a new enrollment to record when policy enrolls the node now, or nil when the existing one
-// matched; an error refuses.
-func (p *Policy) Decide(nodeID string, id Identity, enrolled *inventory.Enrollment, groups []inventory.Group) (*inventory.Enrollment, error) {
+// Decide checks id against the node's enrollment (nil when it has none); trustOnFirstUse says
+// whether a group of the node opted in to enrolling the first EK it sees. It returns a new
+// enrollment to record when policy enrolls the node now, or nil when the existing one matched;
+// an error refuses.
+func (p *Policy) Decide(nodeID string, id Identity, enrolled *inventory.Enrollment, trustOnFirstUse bool) (*inventory.Enrollment, error) {
 	if enrolled != nil {
 		if !bytes.Equal(enrolled.EKSHA256, id.SHA256) {
 			return nil, ErrEKMismatch
@@ -127,19 +128,10 @@ func (p *Policy) Decide(nodeID string, id Identity, enrolled *inventory.Enrollme
 	switch {
 	case p.cfg.EnrollByCA && id.Trusted:
 		e.Source = inventory.SourceCA
-	case trustsOnFirstUse(groups):
+	case trustOnFirstUse:
 		e.Source = inventory.SourceTOFU
 	default:
 		return nil, ErrNotEnrolled
 	}
 	return e, nil
-}
-
-func trustsOnFirstUse(groups []inventory.Group) bool {
-	for _, g := range groups {
-		if g.TrustOnFirstUse {
-			return true
-		}
-	}
-	return false
 }

@@ -54,16 +54,16 @@ func TestIdentifyAndDecide(t *testing.T) {
 	require.ErrorIs(t, err, ErrMalformed)
 
 	enrolled := &inventory.Enrollment{NodeID: "n1", EKSHA256: byCert.SHA256}
-	e, err := p.Decide("n1", byCert, enrolled, nil)
+	e, err := p.Decide("n1", byCert, enrolled, false)
 	require.NoError(t, err)
 	require.Nil(t, e, "a matching enrollment needs no new one")
 	otherID, err := p.Identify(nil, otherPKIX, time.Now())
 	require.NoError(t, err)
-	_, err = p.Decide("n1", otherID, enrolled, nil)
+	_, err = p.Decide("n1", otherID, enrolled, false)
 	require.ErrorIs(t, err, ErrEKMismatch)
-	_, err = p.Decide("n1", byCert, nil, []inventory.Group{{Name: "g"}})
+	_, err = p.Decide("n1", byCert, nil, false)
 	require.ErrorIs(t, err, ErrNotEnrolled)
-	e, err = p.Decide("n1", byCert, nil, []inventory.Group{{Name: "g"}, {Name: "tofu", TrustOnFirstUse: true}})
+	e, err = p.Decide("n1", byCert, nil, true)
 	require.NoError(t, err)
 	require.Equal(t, inventory.SourceTOFU, e.Source)
 
