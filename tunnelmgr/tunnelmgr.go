@@ -21,7 +21,7 @@ import (
 	"github.com/attestboot/attestboot/services/run"
 	"github.com/attestboot/attestboot/tunnelmgr/internal/gateway"
 	"github.com/attestboot/attestboot/tunnelmgr/internal/tunnel"
-	"github.com/attestboot/attestboot/tunnelmgr/internal/wgdevice"
+	"github.com/attestboot/attestboot/services/wgdevice"
 )
 
 // Config of the tunnelmgr process.

@@ -1,7 +1,7 @@
-// Package wgdevice provides the gateway's WireGuard device: an existing interface (kernel
-// WireGuard or an external wireguard-go), or an embedded wireguard-go TUN device with its UAPI
-// socket owned by this process. Either way it is configured only through wgctrl, like any
-// device, and the rest of tunnelmgr sees nothing but wgctrl's two methods.
+// Package wgdevice provides a WireGuard device for either end of a tunnel — the gateway of
+// tunnelmgr or a node's end in node-agent: an existing interface (kernel WireGuard or an
+// external wireguard-go), or an embedded wireguard-go TUN device with its UAPI socket owned by
+// this process. Either way it is configured only through wgctrl, like any device.
 package wgdevice
 
 import (
@@ -33,8 +33,10 @@ type Config struct {
 	// Addresses are assigned to an embedded interface, with the pool's prefix length so the
 	// pool routes through it (for example 100.64.0.1/16). An existing interface keeps its own.
 	Addresses []netip.Prefix
-	// ListenPort is the UDP port WireGuard listens on.
+	// ListenPort is the UDP port WireGuard listens on; 0 picks a free one (a node's end).
 	ListenPort int
+	// Routes are sent through an embedded interface (for example the gateway's /32 on a node).
+	Routes []netip.Prefix
 	// PrivateKey of the gateway.
 	PrivateKey wgtypes.Key
 }
@@ -43,7 +45,7 @@ func (c *Config) validate() error {
 	switch {
 	case c.Name == "" || len(c.Name) > 15:
 		return fmt.Errorf("interface name %q must have 1 to 15 bytes", c.Name)
-	case c.ListenPort <= 0 || c.ListenPort > 65535:
+	case c.ListenPort < 0 || c.ListenPort > 65535:
 		return fmt.Errorf("listen port %d out of range", c.ListenPort)
 	case c.PrivateKey == wgtypes.Key{}:
 		return errors.New("no private key")
@@ -86,8 +88,11 @@ func Open(cfg Config, logger *slog.Logger) (*Device, error) {
 		d.Close()
 		return nil, fmt.Errorf("wgdevice: interface %s: %w", cfg.Name, err)
 	}
-	port := cfg.ListenPort
-	if err := client.ConfigureDevice(cfg.Name, wgtypes.Config{PrivateKey: &cfg.PrivateKey, ListenPort: &port}); err != nil {
+	dc := wgtypes.Config{PrivateKey: &cfg.PrivateKey}
+	if cfg.ListenPort != 0 {
+		dc.ListenPort = &cfg.ListenPort
+	}
+	if err := client.ConfigureDevice(cfg.Name, dc); err != nil {
 		d.Close()
 		return nil, fmt.Errorf("wgdevice: configure %s: %w", cfg.Name, err)
 	}
@@ -148,6 +153,12 @@ func (d *Device) assign(cfg Config) error {
 	}
 	if err := netlink.LinkSetUp(link); err != nil {
 		return fmt.Errorf("wgdevice: set %s up: %w", cfg.Name, err)
+	}
+	for _, p := range cfg.Routes {
+		dst := &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
+		if err := netlink.RouteReplace(&netlink.Route{LinkIndex: link.Attrs().Index, Dst: dst}); err != nil {
+			return fmt.Errorf("wgdevice: route %s via %s: %w", p, cfg.Name, err)
+		}
 	}
 	return nil
 }
