@@ -30,12 +30,16 @@ type Config struct {
 	Embedded bool
 	// MTU of an embedded interface; default 1420.
 	MTU int
-	// Addresses are assigned to an embedded interface, with the pool's prefix length so the
-	// pool routes through it (for example 100.64.0.1/16). An existing interface keeps its own.
+	// Addresses are assigned to an embedded interface (or, with Assign, to an existing one),
+	// with the pool's prefix length so the pool routes through it (for example 100.64.0.1/16).
+	// Otherwise an existing interface keeps its own.
 	Addresses []netip.Prefix
+	// Assign sets Addresses and Routes on an existing interface too, and sets it up.
+	Assign bool
 	// ListenPort is the UDP port WireGuard listens on; 0 picks a free one (a node's end).
 	ListenPort int
-	// Routes are sent through an embedded interface (for example the gateway's /32 on a node).
+	// Routes are sent through the interface when addresses are assigned (for example the
+	// gateway's /32 on a node).
 	Routes []netip.Prefix
 	// PrivateKey of the gateway.
 	PrivateKey wgtypes.Key
@@ -96,7 +100,7 @@ func Open(cfg Config, logger *slog.Logger) (*Device, error) {
 		d.Close()
 		return nil, fmt.Errorf("wgdevice: configure %s: %w", cfg.Name, err)
 	}
-	if cfg.Embedded {
+	if cfg.Embedded || cfg.Assign {
 		if err := d.assign(cfg); err != nil {
 			d.Close()
 			return nil, err
