@@ -211,4 +211,3 @@ func TestDeadNodeTunnelExpires(t *testing.T) {
 	}, 20*time.Second, 250*time.Millisecond, "the expired tunnel's peer is removed")
 	requireInOrder(t, kinds(s.events(t, m.id)), []string{"attestation.passed", "tunnel.opened", "tunnel.expired"})
 }
-

@@ -260,4 +260,3 @@ func retryableRPC(err error) bool {
 func retryableAttestation(err error) bool {
 	return retryableRPC(err) || status.Code(err) == codes.FailedPrecondition
 }
-

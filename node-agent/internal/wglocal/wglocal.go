@@ -221,4 +221,3 @@ func (t *netTunnel) Close() error {
 	t.dev.Close()
 	return nil
 }
-
