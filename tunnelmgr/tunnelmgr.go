@@ -19,9 +19,9 @@ import (
 	"github.com/attestboot/attestboot/services/inventory"
 	"github.com/attestboot/attestboot/services/metrics"
 	"github.com/attestboot/attestboot/services/run"
+	"github.com/attestboot/attestboot/services/wgdevice"
 	"github.com/attestboot/attestboot/tunnelmgr/internal/gateway"
 	"github.com/attestboot/attestboot/tunnelmgr/internal/tunnel"
-	"github.com/attestboot/attestboot/services/wgdevice"
 )
 
 // Config of the tunnelmgr process.
