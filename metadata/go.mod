@@ -1,6 +1,6 @@
 module github.com/attestboot/attestboot/metadata
 
-go 1.26
+go 1.26.7
 
 require (
 	github.com/attestboot/attestboot/proto v0.0.0
@@ -15,6 +15,7 @@ require (
 
 require (
 	github.com/google/go-cmp v0.7.0 // indirect
+	github.com/google/uuid v1.6.0 // indirect
 	github.com/josharian/native v1.1.0 // indirect
 	github.com/mdlayher/genetlink v1.3.2 // indirect
 	github.com/mdlayher/netlink v1.7.2 // indirect
