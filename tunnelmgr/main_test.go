@@ -80,6 +80,7 @@ type instance struct {
 	iface string
 	node  tunnelmgrv1.TunnelManagerServiceClient
 	admin tunnelmgrv1.TunnelAdminServiceClient
+	anon  tunnelmgrv1.TunnelAdminServiceClient // the admin API without credentials
 }
 
 type instanceOpts struct {
@@ -132,8 +133,14 @@ func (e *env) start(t testing.TB, o instanceOpts) *instance {
 	conn, err := grpc.NewClient("passthrough:///"+listen, grpc.WithContextDialer(dial), grpc.WithTransportCredentials(credentials.NewTLS(tlsCfg)))
 	require.NoError(t, err)
 	t.Cleanup(func() { conn.Close() })
+	nodeTLS, err := pki.NodeClientTLS(filepath.Join(e.state, pki.CACertFile))
+	require.NoError(t, err)
+	anon, err := grpc.NewClient("passthrough:///"+listen, grpc.WithContextDialer(dial), grpc.WithTransportCredentials(credentials.NewTLS(nodeTLS)))
+	require.NoError(t, err)
+	t.Cleanup(func() { anon.Close() })
 	return &instance{proc: proc, iface: iface,
-		node: tunnelmgrv1.NewTunnelManagerServiceClient(conn), admin: tunnelmgrv1.NewTunnelAdminServiceClient(conn)}
+		node: tunnelmgrv1.NewTunnelManagerServiceClient(conn), admin: tunnelmgrv1.NewTunnelAdminServiceClient(conn),
+		anon: tunnelmgrv1.NewTunnelAdminServiceClient(anon)}
 }
 
 // attestation records a passed attestation for nodeID and a fresh WireGuard key, as the

@@ -113,6 +113,11 @@ func TestRefusalsChangeNothing(t *testing.T) {
 	open, err := e.store.OpenTunnels(ctx, "gw1")
 	require.NoError(t, err)
 	require.Len(t, open, 2)
+	// Closing needs an admin credential.
+	_, err = tm.anon.CloseTunnel(ctx, &tunnelmgrv1.CloseTunnelRequest{Target: &tunnelmgrv1.CloseTunnelRequest_TunnelId{TunnelId: first.GetTunnelId()}, Reason: "admin"})
+	require.Equal(t, codes.Unauthenticated, status.Code(err))
+	_, err = tm.anon.ListTunnels(ctx, &tunnelmgrv1.ListTunnelsRequest{})
+	require.Equal(t, codes.Unauthenticated, status.Code(err))
 	// Once closed, the attestation is spent for good.
 	_, err = tm.admin.CloseTunnel(ctx, &tunnelmgrv1.CloseTunnelRequest{Target: &tunnelmgrv1.CloseTunnelRequest_TunnelId{TunnelId: first.GetTunnelId()}, Reason: "admin"})
 	require.NoError(t, err)

@@ -107,6 +107,12 @@ func New(cfg Config, store *inventory.Store, logger *slog.Logger, reg prometheus
 	return s, nil
 }
 
+// Node is the node-facing service.
+func (s *Server) Node() tunnelmgrv1.TunnelManagerServiceServer { return s.node }
+
+// Admin is the admin service.
+func (s *Server) Admin() tunnelmgrv1.TunnelAdminServiceServer { return s.admin }
+
 // Register adds both services to a gRPC server.
 func (s *Server) Register(r grpc.ServiceRegistrar) {
 	tunnelmgrv1.RegisterTunnelManagerServiceServer(r, s.node)
