@@ -5,7 +5,6 @@ package attestor
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
@@ -15,23 +14,16 @@ import (
 	"github.com/attestboot/attestboot/attestor/internal/attestation"
 	"github.com/attestboot/attestboot/attestor/internal/ekpolicy"
 	"github.com/attestboot/attestboot/services/cli"
+	"github.com/attestboot/attestboot/services/daemon"
 	"github.com/attestboot/attestboot/services/ekcert"
 	"github.com/attestboot/attestboot/services/grpcserver"
 	"github.com/attestboot/attestboot/services/inventory"
 	"github.com/attestboot/attestboot/services/metrics"
-	"github.com/attestboot/attestboot/services/run"
 )
 
 // Config of the attestor process.
 type Config struct {
-	// DatabaseURL of the inventory (postgres://… or key=value).
-	DatabaseURL string
-	// Migrate applies the inventory migrations at start (under an advisory lock).
-	Migrate bool
-	// GRPC is the server: listen address, TLS, admin credentials.
-	GRPC grpcserver.Config
-	// MetricsListen is the address of the Prometheus /metrics endpoint; empty disables it.
-	MetricsListen string
+	daemon.Base
 	// Attestation limits and lifetimes.
 	SessionTTL     time.Duration
 	AttestationTTL time.Duration
@@ -48,9 +40,11 @@ type Config struct {
 // DefaultConfig is what the flags start from.
 func DefaultConfig() Config {
 	return Config{
-		Migrate:        true,
-		GRPC:           grpcserver.Config{Listen: ":7443", StateDir: "/var/lib/attestboot/pki"},
-		MetricsListen:  "127.0.0.1:9101",
+		Base: daemon.Base{
+			Migrate:       true,
+			GRPC:          grpcserver.Config{Listen: ":7443", StateDir: "/var/lib/attestboot/pki"},
+			MetricsListen: "127.0.0.1:9101",
+		},
 		SessionTTL:     60 * time.Second,
 		AttestationTTL: 60 * time.Second,
 		RateWindow:     time.Minute,
@@ -61,10 +55,7 @@ func DefaultConfig() Config {
 
 // RegisterFlags registers every setting on fs with the current values as defaults.
 func (c *Config) RegisterFlags(fs *flag.FlagSet) {
-	fs.StringVar(&c.DatabaseURL, "database-url", c.DatabaseURL, "inventory database URL (postgres://...)")
-	fs.BoolVar(&c.Migrate, "migrate", c.Migrate, "apply inventory migrations at start")
-	c.GRPC.RegisterFlags(fs)
-	fs.StringVar(&c.MetricsListen, "metrics-listen", c.MetricsListen, "address of the Prometheus /metrics endpoint (empty: off)")
+	c.Base.RegisterFlags(fs)
 	fs.DurationVar(&c.SessionTTL, "session-ttl", c.SessionTTL, "how long a BeginAttestation challenge may be answered")
 	fs.DurationVar(&c.AttestationTTL, "attestation-ttl", c.AttestationTTL, "how long a passed attestation may open a tunnel")
 	fs.DurationVar(&c.RateWindow, "rate-window", c.RateWindow, "window of the per-node and per-EK attempt limits")
@@ -91,9 +82,6 @@ var nodeFacing = []string{"attestboot.attestor.v1.AttestorService"}
 
 // Run serves until ctx ends.
 func Run(ctx context.Context, cfg Config, logger *slog.Logger) error {
-	if cfg.DatabaseURL == "" {
-		return errors.New("attestor: no database URL (-database-url)")
-	}
 	ekCfg := ekpolicy.Config{EnrollByCA: cfg.EnrollByCA}
 	if cfg.EKRootsDir != "" {
 		roots, err := ekcert.LoadRoots(cfg.EKRootsDir)
@@ -106,18 +94,11 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("attestor: %w", err)
 	}
-
-	pool, err := inventory.Open(ctx, cfg.DatabaseURL)
+	store, closeDB, err := cfg.Store(ctx)
 	if err != nil {
 		return fmt.Errorf("attestor: %w", err)
 	}
-	defer pool.Close()
-	if cfg.Migrate {
-		if _, err := inventory.Migrate(ctx, pool); err != nil {
-			return fmt.Errorf("attestor: %w", err)
-		}
-	}
-	store := inventory.New(pool, inventory.Options{})
+	defer closeDB()
 
 	reg := metrics.NewRegistry()
 	svc, err := attestation.New(attestation.Config{
@@ -132,23 +113,14 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("attestor: %w", err)
 	}
-	grpcCfg := cfg.GRPC
-	grpcCfg.NodeFacing = append(grpcCfg.NodeFacing, nodeFacing...)
-	srv, err := grpcserver.New(grpcCfg, logger, reg)
+	srv, err := cfg.Server(logger, reg, nodeFacing...)
 	if err != nil {
 		return fmt.Errorf("attestor: %w", err)
 	}
 	svc.Register(srv)
 	adm.Register(srv)
-
-	tasks := []func(context.Context) error{srv.ListenAndServe, adm.Run, sweeper(store, logger)}
-	if cfg.MetricsListen != "" {
-		tasks = append(tasks, func(ctx context.Context) error {
-			return metrics.ListenAndServe(ctx, cfg.MetricsListen, reg, logger)
-		})
-	}
-	logger.Info("attestor starting", "listen", grpcCfg.Listen, "ek_roots", cfg.EKRootsDir != "", "enroll_by_ca", cfg.EnrollByCA)
-	return run.Group(ctx, tasks...)
+	logger.Info("attestor starting", "listen", cfg.GRPC.Listen, "ek_roots", cfg.EKRootsDir != "", "enroll_by_ca", cfg.EnrollByCA)
+	return cfg.Serve(ctx, logger, reg, srv, adm.Run, sweeper(store, logger))
 }
 
 // sweeper marks abandoned sessions expired so the inventory shows them for what they are; a

@@ -8,7 +8,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime/pprof"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -37,19 +36,7 @@ import (
 const childEnv = "ATTESTBOOT_TEST_RUN_ATTESTOR"
 
 func TestMain(m *testing.M) {
-	if os.Getenv(childEnv) == "1" {
-		// ATTESTBOOT_TEST_CPUPROFILE=FILE profiles the child, for benchmarks.
-		if path := os.Getenv("ATTESTBOOT_TEST_CPUPROFILE"); path != "" {
-			if f, err := os.Create(path); err == nil {
-				_ = pprof.StartCPUProfile(f)
-				code := cli.Main(attestor.Command(), os.Args[1:], os.Stderr)
-				pprof.StopCPUProfile()
-				f.Close()
-				os.Exit(code)
-			}
-		}
-		os.Exit(cli.Main(attestor.Command(), os.Args[1:], os.Stderr))
-	}
+	proctest.RunIfChild(childEnv, func() int { return cli.Main(attestor.Command(), os.Args[1:], os.Stderr) })
 	os.Exit(pgtest.Main(m))
 }
 

@@ -32,9 +32,7 @@ import (
 const childEnv = "ATTESTBOOT_TEST_RUN_NODE_AGENT"
 
 func TestMain(m *testing.M) {
-	if os.Getenv(childEnv) == "1" {
-		os.Exit(nodeagent.Main(os.Args[1:], os.Stderr))
-	}
+	proctest.RunIfChild(childEnv, func() int { return nodeagent.Main(os.Args[1:], os.Stderr) })
 	os.Exit(pgtest.Main(m))
 }
 

@@ -15,10 +15,10 @@ import (
 	"time"
 
 	"github.com/attestboot/attestboot/services/cli"
+	"github.com/attestboot/attestboot/services/daemon"
 	"github.com/attestboot/attestboot/services/grpcserver"
 	"github.com/attestboot/attestboot/services/inventory"
 	"github.com/attestboot/attestboot/services/metrics"
-	"github.com/attestboot/attestboot/services/run"
 	"github.com/attestboot/attestboot/services/wgdevice"
 	"github.com/attestboot/attestboot/tunnelmgr/internal/gateway"
 	"github.com/attestboot/attestboot/tunnelmgr/internal/tunnel"
@@ -26,10 +26,7 @@ import (
 
 // Config of the tunnelmgr process.
 type Config struct {
-	DatabaseURL   string
-	Migrate       bool
-	GRPC          grpcserver.Config
-	MetricsListen string
+	daemon.Base
 
 	// Gateway is this gateway's name in the inventory.
 	Gateway string
@@ -57,9 +54,11 @@ type Config struct {
 // DefaultConfig is what the flags start from.
 func DefaultConfig() Config {
 	return Config{
-		Migrate:           true,
-		GRPC:              grpcserver.Config{Listen: ":7444", StateDir: "/var/lib/attestboot/pki"},
-		MetricsListen:     "127.0.0.1:9102",
+		Base: daemon.Base{
+			Migrate:       true,
+			GRPC:          grpcserver.Config{Listen: ":7444", StateDir: "/var/lib/attestboot/pki"},
+			MetricsListen: "127.0.0.1:9102",
+		},
 		Gateway:           "gw0",
 		Interface:         "attestboot0",
 		Embedded:          true,
@@ -73,10 +72,7 @@ func DefaultConfig() Config {
 
 // RegisterFlags registers every setting on fs with the current values as defaults.
 func (c *Config) RegisterFlags(fs *flag.FlagSet) {
-	fs.StringVar(&c.DatabaseURL, "database-url", c.DatabaseURL, "inventory database URL (postgres://...)")
-	fs.BoolVar(&c.Migrate, "migrate", c.Migrate, "apply inventory migrations at start")
-	c.GRPC.RegisterFlags(fs)
-	fs.StringVar(&c.MetricsListen, "metrics-listen", c.MetricsListen, "address of the Prometheus /metrics endpoint (empty: off)")
+	c.Base.RegisterFlags(fs)
 	fs.StringVar(&c.Gateway, "gateway", c.Gateway, "name of this gateway in the inventory")
 	fs.StringVar(&c.Interface, "wg-interface", c.Interface, "WireGuard interface of the gateway")
 	fs.BoolVar(&c.Embedded, "wg-embedded", c.Embedded, "create the interface in-process with wireguard-go (false: use an existing kernel or wireguard-go interface)")
@@ -144,9 +140,6 @@ var nodeFacing = []string{"attestboot.tunnelmgr.v1.TunnelManagerService"}
 
 // Run serves until ctx ends.
 func Run(ctx context.Context, cfg Config, logger *slog.Logger) error {
-	if cfg.DatabaseURL == "" {
-		return errors.New("tunnelmgr: no database URL (-database-url)")
-	}
 	info, ifAddrs, err := cfg.info()
 	if err != nil {
 		return fmt.Errorf("tunnelmgr: %w", err)
@@ -165,17 +158,11 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 	pub := key.PublicKey()
 	info.PublicKey = pub[:]
 
-	pool, err := inventory.Open(ctx, cfg.DatabaseURL)
+	store, closeDB, err := cfg.Store(ctx)
 	if err != nil {
 		return fmt.Errorf("tunnelmgr: %w", err)
 	}
-	defer pool.Close()
-	if cfg.Migrate {
-		if _, err := inventory.Migrate(ctx, pool); err != nil {
-			return fmt.Errorf("tunnelmgr: %w", err)
-		}
-	}
-	store := inventory.New(pool, inventory.Options{})
+	defer closeDB()
 	if info, err = store.UpsertGateway(ctx, info); err != nil {
 		return fmt.Errorf("tunnelmgr: %w", err)
 	}
@@ -202,21 +189,12 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("tunnelmgr: %w", err)
 	}
-	grpcCfg := cfg.GRPC
-	grpcCfg.NodeFacing = append(grpcCfg.NodeFacing, nodeFacing...)
-	srv, err := grpcserver.New(grpcCfg, logger, reg)
+	srv, err := cfg.Server(logger, reg, nodeFacing...)
 	if err != nil {
 		return fmt.Errorf("tunnelmgr: %w", err)
 	}
 	svc.Register(srv)
-
-	tasks := []func(context.Context) error{srv.ListenAndServe, gw.Run}
-	if cfg.MetricsListen != "" {
-		tasks = append(tasks, func(ctx context.Context) error {
-			return metrics.ListenAndServe(ctx, cfg.MetricsListen, reg, logger)
-		})
-	}
-	logger.Info("tunnelmgr starting", "listen", grpcCfg.Listen, "gateway", cfg.Gateway, "interface", cfg.Interface,
+	logger.Info("tunnelmgr starting", "listen", cfg.GRPC.Listen, "gateway", cfg.Gateway, "interface", cfg.Interface,
 		"embedded", cfg.Embedded, "endpoint", cfg.Endpoint, "public_key", key.PublicKey().String())
-	return run.Group(ctx, tasks...)
+	return cfg.Serve(ctx, logger, reg, srv, gw.Run)
 }
