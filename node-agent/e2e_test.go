@@ -1,11 +1,14 @@
 package nodeagent_test
 
 import (
+	"bytes"
 	"context"
+	"encoding/base64"
 	"crypto/rand"
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -24,6 +27,7 @@ import (
 	"github.com/attestboot/attestboot/services/nodeattest"
 	"github.com/attestboot/attestboot/services/pki"
 	"github.com/attestboot/attestboot/services/proctest"
+	"github.com/attestboot/attestboot/services/testdep"
 	"github.com/attestboot/attestboot/services/tpmtest"
 )
 
@@ -107,9 +111,11 @@ func TestBootEndToEnd(t *testing.T) {
 	}
 	stranger := s.machine(t, "x1000c0s0b0n2", "cn003", tpms[2], false)
 
+	secrets := map[string][]byte{}
 	for _, n := range nodes {
 		secret := make([]byte, 24)
 		_, _ = rand.Read(secret)
+		secrets[n.id] = secret
 		_, err := s.metadata.PutSecret(ctx, &metadatav1.PutSecretRequest{
 			Scope: &metadatav1.Scope{Scope: &metadatav1.Scope_NodeId{NodeId: n.id}}, Name: "munge.key", Value: secret})
 		require.NoError(t, err)
@@ -121,6 +127,12 @@ func TestBootEndToEnd(t *testing.T) {
 	}})
 	require.NoError(t, err)
 
+	// Each node runs the real cloud-init client on the seed node-agent wrote, in a sandbox
+	// (overlay root, own mount and UTS namespaces) inside the node's network namespace, so
+	// cloud-init's own phone_home travels through the node's tunnel.
+	testdep.Binaries(t, "cloud-init", "unshare", "chroot")
+	sandbox, err := filepath.Abs("../scripts/cloud-init-sandbox")
+	require.NoError(t, err)
 	var wg sync.WaitGroup
 	codes := make([]int, len(nodes)+1)
 	outs := make([]string, len(nodes)+1)
@@ -128,7 +140,9 @@ func TestBootEndToEnd(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			codes[i], outs[i] = s.boot(t, m, "-phone-home", "agent")
+			work := filepath.Join(m.dir, "sandbox")
+			codes[i], outs[i] = s.boot(t, m, "-phone-home", "auto",
+				"-cloud-init", sandbox+" {seed} "+work, "-root", filepath.Join(work, "upper"))
 		}()
 	}
 	wg.Wait()
@@ -150,6 +164,29 @@ func TestBootEndToEnd(t *testing.T) {
 		node, err := s.inventory.GetNode(ctx, &inventoryv1.GetNodeRequest{Id: n.id})
 		require.NoError(t, err)
 		require.NotNil(t, node.GetNode().GetLastBootTime(), "boot recorded")
+
+		// What cloud-init did to the node's root.
+		root := filepath.Join(n.dir, "sandbox", "upper")
+		hostname, err := os.ReadFile(filepath.Join(root, "etc/hostname"))
+		require.NoError(t, err)
+		require.Equal(t, n.hostname, strings.TrimSpace(string(hostname)), "hostname from the node's data")
+		key := filepath.Join(root, "etc/munge/munge.key")
+		got, err := os.ReadFile(key)
+		require.NoError(t, err)
+		require.Equal(t, secrets[n.id], got, "the node's own secret")
+		st, err := os.Stat(key)
+		require.NoError(t, err)
+		require.Equal(t, os.FileMode(0o600), st.Mode().Perm())
+		require.FileExists(t, filepath.Join(root, "var/lib/attestboot-runcmd"), "runcmd ran")
+		// Phone-home came from cloud-init itself, with the host keys it generated.
+		hk, err := s.metadata.ListHostKeys(ctx, &metadatav1.ListHostKeysRequest{NodeId: n.id})
+		require.NoError(t, err)
+		require.NotEmpty(t, hk.GetHostKeys(), "SSH host keys recorded at phone-home")
+		// cloud-init's own copies of the secret-bearing documents and its logs are purged.
+		leftovers, _ := filepath.Glob(filepath.Join(root, "var/lib/cloud/instances/*/user-data.txt*"))
+		require.Empty(t, leftovers)
+		require.NoFileExists(t, filepath.Join(root, "var/log/cloud-init.log"))
+		requireNoSecretIn(t, root, secrets[n.id])
 	}
 	status, err := s.tunnels.GetGatewayStatus(ctx, &tunnelmgrv1.GetGatewayStatusRequest{})
 	require.NoError(t, err)
@@ -169,6 +206,25 @@ func TestBootEndToEnd(t *testing.T) {
 	require.NoError(t, err)
 	require.Empty(t, resp.GetTunnels())
 	require.NoDirExists(t, filepath.Join(stranger.dir, "seed"), "no data reached it")
+}
+
+// requireNoSecretIn checks no file under root but the one meant to hold it contains the secret
+// (in clear or base64, as the documents carried it).
+func requireNoSecretIn(t *testing.T, root string, secret []byte) {
+	t.Helper()
+	b64 := []byte(base64.StdEncoding.EncodeToString(secret))
+	err := filepath.WalkDir(root, func(path string, d os.DirEntry, err error) error {
+		if err != nil || !d.Type().IsRegular() || strings.HasSuffix(path, "etc/munge/munge.key") {
+			return nil
+		}
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return nil
+		}
+		require.False(t, bytes.Contains(b, secret) || bytes.Contains(b, b64), "secret left in %s", path)
+		return nil
+	})
+	require.NoError(t, err)
 }
 
 // A node that dies after opening its tunnel loses its peer when the tunnel expires.

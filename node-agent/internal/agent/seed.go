@@ -142,6 +142,9 @@ func (s *seed) cleanup() {
 		"var/lib/cloud/instances/*/vendor-cloud-config.txt",
 		"var/lib/cloud/instances/*/obj.pkl", // the pickled datasource holds the raw user-data
 		"var/lib/cloud/instances/*/scripts",
+		// A seed placed where cloud-init looks for one, when it is not Dir itself.
+		"var/lib/cloud/seed/*/user-data",
+		"var/lib/cloud/seed/*/vendor-data",
 		"run/cloud-init/instance-data-sensitive.json",
 		"var/log/cloud-init.log",
 		"var/log/cloud-init-output.log",
