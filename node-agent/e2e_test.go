@@ -3,8 +3,8 @@ package nodeagent_test
 import (
 	"bytes"
 	"context"
-	"encoding/base64"
 	"crypto/rand"
+	"encoding/base64"
 	"net"
 	"os"
 	"path/filepath"
