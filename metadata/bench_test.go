@@ -15,11 +15,13 @@ import (
 	metadatav1 "github.com/attestboot/attestboot/proto/attestboot/metadata/v1"
 )
 
-// BenchmarkDatasource fetches meta-data and user-data (with one secret, so every fetch also
-// writes its audit event) from a metadata process in a gateway namespace with 1,000 concurrent
-// clients in a node namespace, over the node's WireGuard tunnel (wireguard-go on both ends);
-// each request's tunnel lookup and data reads go to Postgres. It reports requests per second
-// and p50/p99 latency.
+// BenchmarkDatasource fetches meta-data and user-data (with one secret, so every fetch is
+// audited) from a metadata process in a gateway namespace with 1,000 concurrent clients in a
+// node namespace, over the node's WireGuard tunnel (wireguard-go on both ends). Every request
+// re-checks its tunnel with one indexed query; the tunnel's data and rendered documents come
+// from the datasource's cache, and repeated deliveries are audited in batches. It reports
+// requests per second and p50/p99 latency. With 1,000 clients that never pause, latency is
+// queueing: p50 is about 1,000 / (requests per second).
 //
 //	go test -run '^$' -bench Datasource -benchtime 20000x ./
 func BenchmarkDatasource(b *testing.B) {

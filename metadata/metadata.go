@@ -51,6 +51,9 @@ type Config struct {
 	PhoneHomeTries int
 	// CloseDelay is how long after a phone-home answer the tunnel is closed.
 	CloseDelay time.Duration
+	// CacheTTL bounds how long the datasource serves a tunnel's data without re-reading it
+	// (tunnel changes invalidate it at once); negative re-reads on every request.
+	CacheTTL time.Duration
 
 	// KEKFile holds the key-encryption key of secrets (32 raw bytes or 64 hex characters) and
 	// KEKID names it. KEKPrevious ("id=path,...") are older keys that still open secrets.
@@ -71,6 +74,7 @@ func DefaultConfig() Config {
 		HTTPListen:     "100.64.0.1:80",
 		PhoneHomeTries: 10,
 		CloseDelay:     500 * time.Millisecond,
+		CacheTTL:       time.Second,
 		KEKID:          "kek1",
 	}
 }
@@ -88,6 +92,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.BaseURL, "base-url", c.BaseURL, "URL nodes reach the datasource at, for phone_home (default http://<http-listen><prefix>)")
 	fs.IntVar(&c.PhoneHomeTries, "phone-home-tries", c.PhoneHomeTries, "cloud-init phone_home tries")
 	fs.DurationVar(&c.CloseDelay, "close-delay", c.CloseDelay, "delay between the phone-home answer and closing the tunnel")
+	fs.DurationVar(&c.CacheTTL, "cache-ttl", c.CacheTTL, "how long a tunnel's data is served without re-reading it; tunnel changes invalidate it at once (negative: re-read on every request)")
 	fs.StringVar(&c.KEKFile, "kek-file", c.KEKFile, "key-encryption key of secrets: 32 raw bytes or 64 hex characters, mode 0600")
 	fs.StringVar(&c.KEKID, "kek-id", c.KEKID, "id of the key in -kek-file, recorded with every secret it seals")
 	fs.Var((*config.StringList)(&c.KEKPrevious), "kek-previous", "older keys that still open secrets: id=path,...")
@@ -194,14 +199,14 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 	reg := metrics.NewRegistry()
 	dsCfg := datasource.Config{
 		Gateway: cfg.Gateway, Listen: cfg.HTTPListen, Interface: cfg.WGInterface, Prefix: cfg.Prefix,
-		BaseURL: cfg.BaseURL, PhoneHomeTries: cfg.PhoneHomeTries, CloseDelay: cfg.CloseDelay,
+		BaseURL: cfg.BaseURL, PhoneHomeTries: cfg.PhoneHomeTries, CloseDelay: cfg.CloseDelay, CacheTTL: cfg.CacheTTL,
 	}
 	docs := nodedocs.New(store, keys, datasource.PhoneHome(dsCfg))
 	ds, err := datasource.New(dsCfg, store, docs, closer, logger, reg)
 	if err != nil {
 		return fmt.Errorf("metadata: %w", err)
 	}
-	adm, err := admin.New(store, keys, docs, logger)
+	adm, err := admin.New(store, keys, docs, ds.InvalidateAll, logger)
 	if err != nil {
 		return fmt.Errorf("metadata: %w", err)
 	}

@@ -154,21 +154,31 @@ func (q *Queries) DeleteCloudInitData(ctx context.Context, s Scope) error {
 // node's own. Scopes without data are left out.
 func (q *Queries) CloudInitLayers(ctx context.Context, nodeID string) ([]CloudInitData, error) {
 	op := fmt.Sprintf("cloud-init layers of node %q", nodeID)
-	rows, err := q.db.Query(ctx, `
-		SELECT COALESCE(c.group_name, ''), COALESCE(c.node_id, ''), c.meta_data, c.user_data, c.vendor_data,
-			c.network_config, c.updated_at
-		FROM cloud_init_data c LEFT JOIN groups g ON g.name = c.group_name
-		WHERE (c.group_name IS NULL AND c.node_id IS NULL)
-		   OR c.node_id = $1
-		   OR c.group_name IN (SELECT group_name FROM group_members WHERE node_id = $1)
-		ORDER BY CASE WHEN c.node_id IS NOT NULL THEN 2 WHEN c.group_name IS NOT NULL THEN 1 ELSE 0 END,
-			g.priority, g.name`, nodeID)
+	rows, err := q.db.Query(ctx, cloudInitLayersSQL("$1"), nodeID)
 	if err != nil {
 		return nil, dbError(op, err)
 	}
-	layers, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (CloudInitData, error) { return scanCloudInit(r) })
+	layers, err := collectCloudInit(rows)
 	if err != nil {
 		return nil, dbError(op, err)
 	}
 	return layers, nil
+}
+
+// cloudInitLayersSQL selects the layers of the node whose id is the SQL expression node (a
+// parameter, or a subquery as NodeDocsSourceByAddress uses).
+func cloudInitLayersSQL(node string) string {
+	return `
+		SELECT COALESCE(c.group_name, ''), COALESCE(c.node_id, ''), c.meta_data, c.user_data, c.vendor_data,
+			c.network_config, c.updated_at
+		FROM cloud_init_data c LEFT JOIN groups g ON g.name = c.group_name
+		WHERE (c.group_name IS NULL AND c.node_id IS NULL)
+		   OR c.node_id = ` + node + `
+		   OR c.group_name IN (SELECT group_name FROM group_members WHERE node_id = ` + node + `)
+		ORDER BY CASE WHEN c.node_id IS NOT NULL THEN 2 WHEN c.group_name IS NOT NULL THEN 1 ELSE 0 END,
+			g.priority, g.name`
+}
+
+func collectCloudInit(rows pgx.Rows) ([]CloudInitData, error) {
+	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (CloudInitData, error) { return scanCloudInit(r) })
 }

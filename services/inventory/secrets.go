@@ -116,15 +116,7 @@ func (q *Queries) DeleteSecret(ctx context.Context, scope Scope, name string) er
 // name. The first secret of a name in this order is the one a template gets.
 func (q *Queries) SecretsOfNode(ctx context.Context, nodeID string) ([]Secret, error) {
 	op := fmt.Sprintf("secrets of node %q", nodeID)
-	rows, err := q.db.Query(ctx, `
-		SELECT COALESCE(s.group_name, ''), COALESCE(s.node_id, ''), s.name, s.ciphertext, s.nonce, s.key_id,
-			s.until_phone_home, s.created_at, s.updated_at
-		FROM secrets s LEFT JOIN groups g ON g.name = s.group_name
-		WHERE (s.group_name IS NULL AND s.node_id IS NULL)
-		   OR s.node_id = $1
-		   OR s.group_name IN (SELECT group_name FROM group_members WHERE node_id = $1)
-		ORDER BY CASE WHEN s.node_id IS NOT NULL THEN 0 WHEN s.group_name IS NOT NULL THEN 1 ELSE 2 END,
-			g.priority DESC, g.name, s.name`, nodeID)
+	rows, err := q.db.Query(ctx, secretsOfNodeSQL("$1"), nodeID)
 	if err != nil {
 		return nil, dbError(op, err)
 	}
@@ -133,6 +125,20 @@ func (q *Queries) SecretsOfNode(ctx context.Context, nodeID string) ([]Secret, e
 		return nil, dbError(op, err)
 	}
 	return ss, nil
+}
+
+// secretsOfNodeSQL selects the secrets of the node whose id is the SQL expression node, in
+// SecretsOfNode's order.
+func secretsOfNodeSQL(node string) string {
+	return `
+		SELECT COALESCE(s.group_name, ''), COALESCE(s.node_id, ''), s.name, s.ciphertext, s.nonce, s.key_id,
+			s.until_phone_home, s.created_at, s.updated_at
+		FROM secrets s LEFT JOIN groups g ON g.name = s.group_name
+		WHERE (s.group_name IS NULL AND s.node_id IS NULL)
+		   OR s.node_id = ` + node + `
+		   OR s.group_name IN (SELECT group_name FROM group_members WHERE node_id = ` + node + `)
+		ORDER BY CASE WHEN s.node_id IS NOT NULL THEN 0 WHEN s.group_name IS NOT NULL THEN 1 ELSE 2 END,
+			g.priority DESC, g.name, s.name`
 }
 
 // SecretNames returns the distinct names of the secrets in any scope: what group and default

@@ -43,19 +43,26 @@ type Server struct {
 	keys  *seal.Keyring
 	docs  *nodedocs.Builder
 	log   *slog.Logger
+	// changed is called after every write of cloud-init data or secrets.
+	changed func()
 }
 
 var _ metadatav1.MetadataServiceServer = (*Server)(nil)
 
-// New returns the API. keys may be nil: PutSecret then fails with FailedPrecondition.
-func New(store *inventory.Store, keys *seal.Keyring, docs *nodedocs.Builder, logger *slog.Logger) (*Server, error) {
+// New returns the API. keys may be nil: PutSecret then fails with FailedPrecondition. changed,
+// if not nil, is called after every successful write of cloud-init data or secrets, so that the
+// datasource of this process serves the change at once instead of after its cache expires.
+func New(store *inventory.Store, keys *seal.Keyring, docs *nodedocs.Builder, changed func(), logger *slog.Logger) (*Server, error) {
 	if store == nil || docs == nil {
 		return nil, errors.New("admin: nil store or document builder")
 	}
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	return &Server{store: store, keys: keys, docs: docs, log: logger}, nil
+	if changed == nil {
+		changed = func() {}
+	}
+	return &Server{store: store, keys: keys, docs: docs, log: logger, changed: changed}, nil
 }
 
 // Register registers the service on r; every method is admin-only.
@@ -188,6 +195,7 @@ func (s *Server) SetCloudInitData(ctx context.Context, req *metadatav1.SetCloudI
 	if err != nil {
 		return nil, s.toStatus(ctx, err)
 	}
+	s.changed()
 	return &metadatav1.SetCloudInitDataResponse{Data: p}, nil
 }
 
@@ -262,6 +270,7 @@ func (s *Server) DeleteCloudInitData(ctx context.Context, req *metadatav1.Delete
 	if err != nil {
 		return nil, s.toStatus(ctx, err)
 	}
+	s.changed()
 	return &metadatav1.DeleteCloudInitDataResponse{}, nil
 }
 
@@ -303,6 +312,7 @@ func (s *Server) PutSecret(ctx context.Context, req *metadatav1.PutSecretRequest
 	if err != nil {
 		return nil, s.toStatus(ctx, err)
 	}
+	s.changed()
 	return &metadatav1.PutSecretResponse{Secret: secretToProto(stored)}, nil
 }
 
@@ -345,6 +355,7 @@ func (s *Server) DeleteSecret(ctx context.Context, req *metadatav1.DeleteSecretR
 	if err != nil {
 		return nil, s.toStatus(ctx, err)
 	}
+	s.changed()
 	return &metadatav1.DeleteSecretResponse{}, nil
 }
 

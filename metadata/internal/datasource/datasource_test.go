@@ -62,11 +62,18 @@ type env struct {
 	closer *closertest.Fake
 	addr   string
 	logs   *syncBuffer
+	ds     *datasource.Server
 }
 
 const gw = "gw-test"
 
 func setup(t testing.TB) *env {
+	t.Helper()
+	return setupWith(t, nil)
+}
+
+// setupWith is setup with the datasource's configuration changed by mod.
+func setupWith(t testing.TB, mod func(*datasource.Config)) *env {
 	t.Helper()
 	pool := pgtest.NewPool(t)
 	store := inventory.New(pool, inventory.Options{})
@@ -83,6 +90,9 @@ func setup(t testing.TB) *env {
 	l, err := net.Listen("tcp", "127.77.0.1:0")
 	require.NoError(t, err)
 	cfg := datasource.Config{Gateway: gw, Listen: l.Addr().String(), Prefix: "/cloud-init/", CloseDelay: time.Millisecond}
+	if mod != nil {
+		mod(&cfg)
+	}
 	closer := &closertest.Fake{Called: make(chan closertest.Call, 10)}
 	docs := nodedocs.New(store, keys, datasource.PhoneHome(cfg))
 	ds, err := datasource.New(cfg, store, docs, closer, logger, nil)
@@ -97,7 +107,7 @@ func setup(t testing.TB) *env {
 			t.Logf("server log:\n%s", logs.String())
 		}
 	})
-	return &env{store: store, keys: keys, closer: closer, addr: l.Addr().String(), logs: logs}
+	return &env{store: store, keys: keys, closer: closer, addr: l.Addr().String(), logs: logs, ds: ds}
 }
 
 // node creates an enabled node with an open tunnel and returns the tunnel.

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/netip"
 	"regexp"
 	"strings"
 	"time"
@@ -109,7 +110,7 @@ func parseKeyLine(line string) (inventory.HostKey, error) {
 	return inventory.HostKey{Type: typ, PublicKey: typ + " " + fields[1]}, nil
 }
 
-func (s *Server) phoneHome(w http.ResponseWriter, r *http.Request, node inventory.Node, tun inventory.Tunnel) {
+func (s *Server) phoneHome(w http.ResponseWriter, r *http.Request, node inventory.Node, tun inventory.Tunnel, addr netip.Addr) {
 	ctx := r.Context()
 	r.Body = http.MaxBytesReader(w, r.Body, s.cfg.MaxPhoneHomeBytes)
 	if err := r.ParseForm(); err != nil {
@@ -151,6 +152,8 @@ func (s *Server) phoneHome(w http.ResponseWriter, r *http.Request, node inventor
 		s.unavailable(ctx, w, "phone-home", node.ID, err)
 		return
 	}
+	// Secrets served only until phone-home are withheld from the next request on.
+	s.cache.invalidate(addr)
 	s.log.InfoContext(ctx, "node phoned home", "node", node.ID, "tunnel", tun.ID, "host_keys", types)
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	w.WriteHeader(http.StatusOK)
@@ -159,10 +162,10 @@ func (s *Server) phoneHome(w http.ResponseWriter, r *http.Request, node inventor
 	if err := http.NewResponseController(w).Flush(); err != nil {
 		s.log.DebugContext(ctx, "flush phone-home answer", "err", err)
 	}
-	s.scheduleClose(node.ID, tun.ID)
+	s.scheduleClose(node.ID, tun.ID, addr)
 }
 
-func (s *Server) scheduleClose(nodeID, tunnelID string) {
+func (s *Server) scheduleClose(nodeID, tunnelID string, addr netip.Addr) {
 	if s.closer == nil {
 		s.log.Warn("no tunnelmgr configured: the tunnel stays open until it expires", "node", nodeID, "tunnel", tunnelID)
 		return
@@ -188,6 +191,8 @@ func (s *Server) scheduleClose(nodeID, tunnelID string) {
 			}
 			return
 		}
+		// The notification of the close invalidates it too; this needs no round trip.
+		s.cache.invalidate(addr)
 		s.log.Info("tunnel closed after phone-home", "node", nodeID, "tunnel", tunnelID)
 	}()
 }

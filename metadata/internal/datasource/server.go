@@ -64,6 +64,14 @@ type Config struct {
 	// ListenRetry is how often listening is retried while the interface or address is missing.
 	// Default 500 ms.
 	ListenRetry time.Duration
+	// CacheTTL is how long a read of a tunnel's data (node, groups, cloud-init data, secrets)
+	// and the documents rendered from it are served again (see cache); which tunnel owns the
+	// source address is checked on every request regardless. Default 1 s; negative re-reads on
+	// every request (documents are then still rendered only when what was read changed).
+	CacheTTL time.Duration
+	// AuditInterval is how often repeated secret deliveries are written as one event per
+	// tunnel and document (see audit). Default 1 s.
+	AuditInterval time.Duration
 }
 
 func (c *Config) setDefaults() {
@@ -90,6 +98,12 @@ func (c *Config) setDefaults() {
 	if c.ListenRetry == 0 {
 		c.ListenRetry = 500 * time.Millisecond
 	}
+	if c.CacheTTL == 0 {
+		c.CacheTTL = time.Second
+	}
+	if c.AuditInterval == 0 {
+		c.AuditInterval = time.Second
+	}
 }
 
 func (c *Config) validate() error {
@@ -98,7 +112,7 @@ func (c *Config) validate() error {
 		return errors.New("datasource: no gateway name")
 	case c.Listen == "":
 		return errors.New("datasource: no listen address")
-	case c.PhoneHomeTries < 1, c.MaxPhoneHomeBytes < 1, c.CloseDelay < 0, c.CloseTimeout < 0, c.ListenRetry < 0:
+	case c.PhoneHomeTries < 1, c.MaxPhoneHomeBytes < 1, c.CloseDelay < 0, c.CloseTimeout < 0, c.ListenRetry < 0, c.AuditInterval < 0:
 		return errors.New("datasource: phone-home tries, sizes and durations must be positive")
 	case strings.ContainsAny(c.Prefix, "?#"):
 		return fmt.Errorf("datasource: prefix %q: a path only", c.Prefix)
@@ -114,6 +128,8 @@ type Server struct {
 	closer  tunnelCloser
 	log     *slog.Logger
 	metrics *serverMetrics
+	cache   *cache
+	audit   *audit
 
 	// closes tracks CloseTunnel calls started after phone-homes, so Serve returns after them.
 	closes sync.WaitGroup
@@ -138,8 +154,15 @@ func New(cfg Config, store *inventory.Store, docs *nodedocs.Builder, closer tunn
 	if err != nil {
 		return nil, err
 	}
-	return &Server{cfg: cfg, store: store, docs: docs, closer: closer, log: logger, metrics: m, base: context.Background()}, nil
+	return &Server{cfg: cfg, store: store, docs: docs, closer: closer, log: logger, metrics: m, base: context.Background(),
+		cache: newCache(cfg.Gateway, store, docs, cfg.CacheTTL, store.Clock()),
+		audit: newAudit(store, logger, store.Clock()),
+	}, nil
 }
+
+// InvalidateAll makes the datasource read every tunnel's data again at its next request: the
+// admin API calls it after changing cloud-init data or secrets.
+func (s *Server) InvalidateAll() { s.cache.invalidateAll() }
 
 // PhoneHome is the stanza vendor-data carries for cfg.
 func PhoneHome(cfg Config) render.PhoneHome {
@@ -215,7 +238,17 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 		MaxHeaderBytes:    16 << 10,
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
 	}
-	s.log.Info("datasource serving", "listen", l.Addr().String(), "interface", s.cfg.Interface, "gateway", s.cfg.Gateway, "prefix", s.cfg.Prefix)
+	// Background work ends after the HTTP server, so the last deliveries are flushed.
+	bg, stopBG := context.WithCancel(context.WithoutCancel(ctx))
+	var bgDone sync.WaitGroup
+	bgDone.Go(func() { s.audit.run(bg, s.cfg.AuditInterval) })
+	defer func() {
+		stopBG()
+		bgDone.Wait()
+	}()
+
+	s.log.Info("datasource serving", "listen", l.Addr().String(), "interface", s.cfg.Interface, "gateway", s.cfg.Gateway,
+		"prefix", s.cfg.Prefix, "cache_ttl", s.cfg.CacheTTL)
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(l) }()
 	select {
@@ -285,7 +318,7 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	addr := src.Addr().Unmap()
-	tun, err := s.store.OpenTunnelByAddress(ctx, s.cfg.Gateway, addr)
+	v, err := s.cache.lookup(ctx, addr)
 	if errors.Is(err, inventory.ErrNotFound) {
 		s.refuse(ctx, rec, http.StatusForbidden, "", "no_open_tunnel", map[string]any{"source": addr.String(), "path": r.URL.Path})
 		return
@@ -294,37 +327,22 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		s.unavailable(ctx, rec, doc, "", err)
 		return
 	}
-	node, err := s.store.GetNode(ctx, tun.NodeID)
-	if err != nil {
-		s.unavailable(ctx, rec, doc, tun.NodeID, err)
-		return
-	}
+	node, tun := v.src.Node, v.src.Tunnel
 	if doc == "phone-home" {
-		s.phoneHome(rec, r, node, tun)
+		s.phoneHome(rec, r, node, tun, addr)
 		return
 	}
-	res, err := s.docs.Render(ctx, render.Kind(doc), node, tun, nodedocs.Deliver)
-	if err != nil {
-		s.unavailable(ctx, rec, doc, node.ID, err)
+	d := s.cache.document(v, render.Kind(doc))
+	if d.err != nil {
+		s.unavailable(ctx, rec, doc, node.ID, d.err)
 		return
 	}
+	res := d.res
 	if len(res.Secrets) > 0 {
-		// No delivery without its audit record: the event is written before the answer.
-		delivered := make([]string, 0, len(res.Secrets))
-		for _, n := range res.Secrets {
-			if !contains(res.Withheld, n) {
-				delivered = append(delivered, n)
-			}
-		}
-		detail := map[string]any{"document": doc, "secrets": delivered, "tunnel_id": tun.ID, "source": addr.String()}
-		if len(res.Withheld) > 0 {
-			detail["withheld_after_phone_home"] = res.Withheld
-		}
-		if _, err := s.store.AppendEvent(ctx, inventory.Event{NodeID: node.ID, Kind: EventSecretsDelivered, Service: eventService, Detail: detail}); err != nil {
+		if err := s.recordDelivery(ctx, d, doc, node.ID, tun.ID, addr.String()); err != nil {
 			s.unavailable(ctx, rec, doc, node.ID, err)
 			return
 		}
-		s.log.InfoContext(ctx, "secrets delivered", "node", node.ID, "document", doc, "secrets", delivered, "withheld", res.Withheld)
 	}
 	h := rec.Header()
 	h.Set("Content-Type", "text/plain; charset=utf-8")
@@ -334,6 +352,36 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	_, _ = rec.Write(res.Body)
+}
+
+// recordDelivery puts the delivery of d's secrets in the event log. The first delivery of a
+// rendered document to a tunnel is written before the answer leaves (no delivery without its
+// audit record); the same document delivered again is counted and written in batches (audit).
+func (s *Server) recordDelivery(ctx context.Context, d *document, doc, nodeID, tunnelID, source string) error {
+	delivered := make([]string, 0, len(d.res.Secrets))
+	for _, n := range d.res.Secrets {
+		if !contains(d.res.Withheld, n) {
+			delivered = append(delivered, n)
+		}
+	}
+	if !d.recorded.Load() {
+		d.recordMu.Lock()
+		defer d.recordMu.Unlock()
+		if !d.recorded.Load() {
+			detail := map[string]any{"document": doc, "secrets": delivered, "tunnel_id": tunnelID, "source": source, "count": 1}
+			if len(d.res.Withheld) > 0 {
+				detail["withheld_after_phone_home"] = d.res.Withheld
+			}
+			if _, err := s.store.AppendEvent(ctx, inventory.Event{NodeID: nodeID, Kind: EventSecretsDelivered, Service: eventService, Detail: detail}); err != nil {
+				return err
+			}
+			d.recorded.Store(true)
+			s.log.InfoContext(ctx, "secrets delivered", "node", nodeID, "document", doc, "secrets", delivered, "withheld", d.res.Withheld)
+			return nil
+		}
+	}
+	s.audit.add(nodeID, tunnelID, doc, source, delivered, d.res.Withheld)
+	return nil
 }
 
 func contains(list []string, s string) bool {

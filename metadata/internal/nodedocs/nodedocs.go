@@ -47,12 +47,27 @@ type Result struct {
 }
 
 // Render renders document k of node n, reached through tunnel t (t may be the zero Tunnel for
-// a preview of a node without an open tunnel).
+// a preview of a node without an open tunnel), reading the node's data from the inventory.
 func (b *Builder) Render(ctx context.Context, k render.Kind, n inventory.Node, t inventory.Tunnel, mode Mode) (Result, error) {
-	layers, err := b.store.CloudInitLayers(ctx, n.ID)
-	if err != nil {
+	src := inventory.NodeDocsSource{Tunnel: t, Node: n}
+	var err error
+	if src.Layers, err = b.store.CloudInitLayers(ctx, n.ID); err != nil {
 		return Result{}, err
 	}
+	if src.Groups, err = b.store.GroupsOfNode(ctx, n.ID); err != nil {
+		return Result{}, err
+	}
+	if src.Secrets, err = b.store.SecretsOfNode(ctx, n.ID); err != nil {
+		return Result{}, err
+	}
+	return b.RenderSource(k, src, mode)
+}
+
+// RenderSource renders document k from what src holds, with no inventory access: the datasource
+// reads src in one round trip (inventory.Store.NodeDocsSourceByAddress) and may render it
+// several times.
+func (b *Builder) RenderSource(k render.Kind, src inventory.NodeDocsSource, mode Mode) (Result, error) {
+	n, t := src.Node, src.Tunnel
 	in := render.Input{
 		InstanceID: t.ID,
 		PhoneHome:  b.phoneHome,
@@ -69,43 +84,24 @@ func (b *Builder) Render(ctx context.Context, k render.Kind, n inventory.Node, t
 	} else if t.AddressV6.IsValid() {
 		in.Facts.Tunnel.Address = t.AddressV6.String()
 	}
-	for _, l := range layers {
+	for _, l := range src.Layers {
 		in.Layers = append(in.Layers, render.Layer{
 			Scope: l.Scope.String(), MetaData: l.MetaData,
 			UserData: l.UserData, VendorData: l.VendorData, NetworkConfig: l.NetworkConfig,
 		})
 	}
-	if k == render.UserData || k == render.VendorData || k == render.NetworkConfig {
-		// Only templated documents need the group names.
-		groups, err := b.store.GroupsOfNode(ctx, n.ID)
-		if err != nil {
-			return Result{}, err
-		}
-		in.Facts.Node.Groups = make([]string, 0, len(groups))
-		for _, g := range groups {
-			in.Facts.Node.Groups = append(in.Facts.Node.Groups, g.Name)
-		}
+	in.Facts.Node.Groups = make([]string, 0, len(src.Groups))
+	for _, g := range src.Groups {
+		in.Facts.Node.Groups = append(in.Facts.Node.Groups, g.Name)
 	}
 
-	var (
-		secrets  []inventory.Secret
-		loaded   bool
-		withheld []string
-	)
+	var withheld []string
 	in.Secret = func(name string) (string, error) {
-		if !loaded {
-			// Loaded on first use: most documents use no secret.
-			var err error
-			if secrets, err = b.store.SecretsOfNode(ctx, n.ID); err != nil {
-				return "", err
-			}
-			loaded = true
-		}
-		i := slices.IndexFunc(secrets, func(s inventory.Secret) bool { return s.Name == name })
+		i := slices.IndexFunc(src.Secrets, func(s inventory.Secret) bool { return s.Name == name })
 		if i < 0 {
 			return "", fmt.Errorf("secret %q for node %q: %w", name, n.ID, render.ErrSecretUnavailable)
 		}
-		s := secrets[i]
+		s := src.Secrets[i]
 		if mode == Preview {
 			return render.Redacted(name), nil
 		}
