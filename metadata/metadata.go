@@ -19,23 +19,16 @@ import (
 	"github.com/attestboot/attestboot/metadata/internal/seal"
 	"github.com/attestboot/attestboot/metadata/internal/tunnelclient"
 	"github.com/attestboot/attestboot/services/cli"
+	"github.com/attestboot/attestboot/services/daemon"
 	"github.com/attestboot/attestboot/services/config"
 	"github.com/attestboot/attestboot/services/grpcserver"
-	"github.com/attestboot/attestboot/services/inventory"
 	"github.com/attestboot/attestboot/services/metrics"
-	"github.com/attestboot/attestboot/services/run"
 )
 
 // Config of the metadata process.
 type Config struct {
-	// DatabaseURL of the inventory.
-	DatabaseURL string
-	// Migrate applies the inventory migrations at start.
-	Migrate bool
-	// GRPC is the admin API server.
-	GRPC grpcserver.Config
-	// MetricsListen is the Prometheus endpoint; empty disables it.
-	MetricsListen string
+	// Base holds the inventory, the admin API server and the metrics endpoint.
+	daemon.Base
 
 	// Gateway is the WireGuard gateway whose tunnels the datasource serves.
 	Gateway string
@@ -68,9 +61,11 @@ type Config struct {
 // DefaultConfig is what the flags start from.
 func DefaultConfig() Config {
 	return Config{
-		Migrate:        true,
-		GRPC:           grpcserver.Config{Listen: ":7445", StateDir: "/var/lib/attestboot/pki"},
-		MetricsListen:  "127.0.0.1:9103",
+		Base: daemon.Base{
+			Migrate:       true,
+			GRPC:          grpcserver.Config{Listen: ":7445", StateDir: "/var/lib/attestboot/pki"},
+			MetricsListen: "127.0.0.1:9103",
+		},
 		HTTPListen:     "100.64.0.1:80",
 		PhoneHomeTries: 10,
 		CloseDelay:     500 * time.Millisecond,
@@ -81,10 +76,7 @@ func DefaultConfig() Config {
 
 // RegisterFlags registers every setting on fs with the current values as defaults.
 func (c *Config) RegisterFlags(fs *flag.FlagSet) {
-	fs.StringVar(&c.DatabaseURL, "database-url", c.DatabaseURL, "inventory database URL (postgres://...)")
-	fs.BoolVar(&c.Migrate, "migrate", c.Migrate, "apply inventory migrations at start")
-	c.GRPC.RegisterFlags(fs)
-	fs.StringVar(&c.MetricsListen, "metrics-listen", c.MetricsListen, "address of the Prometheus /metrics endpoint (empty: off)")
+	c.Base.RegisterFlags(fs)
 	fs.StringVar(&c.Gateway, "gateway", c.Gateway, "name of the WireGuard gateway whose tunnels are served")
 	fs.StringVar(&c.HTTPListen, "http-listen", c.HTTPListen, "datasource address: the gateway's tunnel address and port")
 	fs.StringVar(&c.WGInterface, "wg-interface", c.WGInterface, "the gateway's WireGuard interface; the datasource accepts only connections through it")
@@ -170,17 +162,11 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 	if keys == nil {
 		logger.Warn("no key-encryption key (-kek-file): secrets can be neither stored nor served")
 	}
-	pool, err := inventory.Open(ctx, cfg.DatabaseURL)
+	store, closeDB, err := cfg.Store(ctx)
 	if err != nil {
 		return fmt.Errorf("metadata: %w", err)
 	}
-	defer pool.Close()
-	if cfg.Migrate {
-		if _, err := inventory.Migrate(ctx, pool); err != nil {
-			return fmt.Errorf("metadata: %w", err)
-		}
-	}
-	store := inventory.New(pool, inventory.Options{})
+	defer closeDB()
 
 	var closer interface {
 		CloseTunnel(ctx context.Context, tunnelID, reason string) error
@@ -210,19 +196,13 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("metadata: %w", err)
 	}
-	srv, err := grpcserver.New(cfg.GRPC, logger, reg)
+	srv, err := cfg.Server(logger, reg)
 	if err != nil {
 		return fmt.Errorf("metadata: %w", err)
 	}
 	adm.Register(srv)
 
-	tasks := []func(context.Context) error{srv.ListenAndServe, ds.ListenAndServe}
-	if cfg.MetricsListen != "" {
-		tasks = append(tasks, func(ctx context.Context) error {
-			return metrics.ListenAndServe(ctx, cfg.MetricsListen, reg, logger)
-		})
-	}
 	logger.Info("metadata starting", "listen", cfg.GRPC.Listen, "http_listen", cfg.HTTPListen, "wg_interface", cfg.WGInterface,
 		"gateway", cfg.Gateway, "kek_id", cfg.KEKID, "secrets", keys != nil, "tunnelmgr", cfg.Tunnelmgr.Addr)
-	return run.Group(ctx, tasks...)
+	return cfg.Serve(ctx, logger, reg, srv, ds.ListenAndServe)
 }

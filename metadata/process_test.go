@@ -50,9 +50,7 @@ import (
 const childEnv = "ATTESTBOOT_TEST_RUN_METADATA"
 
 func TestMain(m *testing.M) {
-	if os.Getenv(childEnv) == "1" {
-		os.Exit(cli.Main(metadata.Command(), os.Args[1:], os.Stderr))
-	}
+	proctest.RunIfChild(childEnv, func() int { return cli.Main(metadata.Command(), os.Args[1:], os.Stderr) })
 	os.Exit(pgtest.Main(m))
 }
 
