@@ -19,8 +19,8 @@ import (
 	"github.com/attestboot/attestboot/metadata/internal/seal"
 	"github.com/attestboot/attestboot/metadata/internal/tunnelclient"
 	"github.com/attestboot/attestboot/services/cli"
-	"github.com/attestboot/attestboot/services/daemon"
 	"github.com/attestboot/attestboot/services/config"
+	"github.com/attestboot/attestboot/services/daemon"
 	"github.com/attestboot/attestboot/services/grpcserver"
 	"github.com/attestboot/attestboot/services/metrics"
 )
