@@ -46,6 +46,13 @@ verify: ## generated code up to date, buf lint, gofmt, go vet, staticcheck, go.m
 .PHONY: test
 test: deps ## run every module's tests against real Postgres, swtpm, WireGuard and cloud-init
 	go run $(GOTESTSUM) --format testname --format-hide-empty-pkg -- $(TEST_FLAGS) -p 2 $(PACKAGES)
+	scripts/check-compose
+
+NODES ?= 5
+
+.PHONY: demo
+demo: deps ## boot NODES (default 5) swtpm nodes through the whole stack on this machine; Ctrl-C removes it all
+	scripts/demo $(NODES)
 
 .PHONY: bench
 bench: deps ## run the benchmarks and print their figures

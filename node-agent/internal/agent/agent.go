@@ -156,36 +156,37 @@ func (b *booter) run(ctx context.Context) error {
 	}
 	defer tmConn.Close()
 
-	var att nodeattest.Result
-	if err := b.timed("attest", func() error {
-		client := attestorv1.NewAttestorServiceClient(attConn)
-		err := retry(ctx, cfg.Backoff, retryableAttestation, func(ctx context.Context) error {
-			var err error
-			att, err = tpm.Attest(ctx, client, cfg.NodeID, pub[:])
-			return err
-		})
-		if err != nil {
-			return fail(ClassAttestation, err)
-		}
-		return nil
-	}); err != nil {
-		return err
-	}
-
+	// Attestation and tunnel are retried as one: an attestation is spent by the OpenTunnel that
+	// consumes it, so when the gateway cannot add the peer (Unavailable) the node attests again.
 	var answer *tunnelmgrv1.OpenTunnelResponse
-	if err := b.timed("tunnel", func() error {
-		client := tunnelmgrv1.NewTunnelManagerServiceClient(tmConn)
-		err := retry(ctx, cfg.Backoff, retryableRPC, func(ctx context.Context) error {
-			var err error
-			answer, err = client.OpenTunnel(ctx, &tunnelmgrv1.OpenTunnelRequest{AttestationId: att.AttestationID, WireguardPublicKey: pub[:]})
+	attestor := attestorv1.NewAttestorServiceClient(attConn)
+	tunnels := tunnelmgrv1.NewTunnelManagerServiceClient(tmConn)
+	err = retry(ctx, cfg.Backoff, retryableRPC, func(ctx context.Context) error {
+		var att nodeattest.Result
+		if err := b.timed("attest", func() error {
+			err := retry(ctx, cfg.Backoff, retryableAttestation, func(ctx context.Context) error {
+				var err error
+				att, err = tpm.Attest(ctx, attestor, cfg.NodeID, pub[:])
+				return err
+			})
+			if err != nil {
+				return fail(ClassAttestation, err)
+			}
+			return nil
+		}); err != nil {
 			return err
-		})
-		if err != nil {
-			return fail(ClassTunnel, err)
 		}
-		b.res.TunnelID = answer.GetTunnelId()
-		return nil
-	}); err != nil {
+		return b.timed("tunnel", func() error {
+			var err error
+			answer, err = tunnels.OpenTunnel(ctx, &tunnelmgrv1.OpenTunnelRequest{AttestationId: att.AttestationID, WireguardPublicKey: pub[:]})
+			if err != nil {
+				return fail(ClassTunnel, err)
+			}
+			b.res.TunnelID = answer.GetTunnelId()
+			return nil
+		})
+	})
+	if err != nil {
 		return err
 	}
 
@@ -246,17 +247,19 @@ func (b *booter) run(ctx context.Context) error {
 	})
 }
 
-// retryableRPC: the service was busy or unreachable; anything else is an answer.
+// retryableRPC: the service was busy, unreachable or failed inside (a database failover, say);
+// a refusal is an answer and ends the boot. Retries stop at the boot's deadline.
 func retryableRPC(err error) bool {
 	switch status.Code(err) {
-	case codes.Unavailable, codes.ResourceExhausted, codes.DeadlineExceeded, codes.Aborted:
+	case codes.Unavailable, codes.ResourceExhausted, codes.DeadlineExceeded, codes.Aborted, codes.Internal:
 		return true
 	}
 	return false
 }
 
 // retryableAttestation adds FailedPrecondition: the session expired or was superseded, and a new
-// Begin fixes that.
+// Begin fixes that. A refused attestation is not retried by the outer attest-and-open loop
+// either: its class is attestation, and only a tunnel that failed transiently sends the node back.
 func retryableAttestation(err error) bool {
 	return retryableRPC(err) || status.Code(err) == codes.FailedPrecondition
 }

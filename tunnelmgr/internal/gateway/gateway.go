@@ -75,7 +75,7 @@ func New(cfg Config, dev wgDevice, store *inventory.Store, logger *slog.Logger, 
 	}
 	m := Metrics{
 		OpenTunnels: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "attestboot_gateway_peers", Help: "Peers on the gateway device after the last reconciliation.",
+			Name: "attestboot_gateway_peers", Help: "Peers the gateway device holds after the last reconciliation (one per open tunnel).",
 		}),
 		Expiries: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "attestboot_tunnel_expiries_total", Help: "Tunnels closed because they expired.",

@@ -29,15 +29,14 @@ const (
 	KindFailed  = "tunnel.failed"
 	KindRefused = "tunnel.refused"
 
-	ReasonInvalidRequest       = "invalid_request"
-	ReasonAttestationUnknown   = "attestation_unknown"
-	ReasonAttestationConsumed  = "attestation_consumed"
-	ReasonAttestationExpired   = "attestation_expired"
-	ReasonKeyMismatch          = "key_mismatch"
-	ReasonNodeDisabled         = "node_disabled"
-	ReasonPoolExhausted        = "pool_exhausted"
-	ReasonDeviceError          = "device_error"
-	ReasonWrongGatewayForClose = "not_this_gateway"
+	ReasonInvalidRequest      = "invalid_request"
+	ReasonAttestationUnknown  = "attestation_unknown"
+	ReasonAttestationConsumed = "attestation_consumed"
+	ReasonAttestationExpired  = "attestation_expired"
+	ReasonKeyMismatch         = "key_mismatch"
+	ReasonNodeDisabled        = "node_disabled"
+	ReasonPoolExhausted       = "pool_exhausted"
+	ReasonDeviceError         = "device_error"
 )
 
 // Config of the service.

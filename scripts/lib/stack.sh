@@ -1,0 +1,100 @@
+# Shared by scripts/demo and scripts/bench: a whole attestboot stack on this machine — a
+# throwaway Postgres, the three services with an embedded userspace WireGuard gateway in a
+# "gateway" network namespace, and a "nodes" namespace for nodesim — and its removal.
+# Source it, call stack_up NAME, and stack_down on exit (stack_up installs the trap).
+#
+# After stack_up: $STACK (work dir), $BIN (binaries, and $BIN/ctl: attestctl wired to the stack),
+# $PKI, $LOGS, $DB (database URL), $GW and $NS (namespaces), $GWIP, $PGDATA, and
+# PIDS[attestor|tunnelmgr|metadata] (service process ids).
+
+say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
+
+declare -A PIDS=()
+
+stack_down() {
+	trap - INT TERM EXIT
+	say "stopping and removing everything the run created"
+	for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+	wait 2>/dev/null || true
+	[ -n "${PGBIN:-}" ] && runuser -u postgres -- "$PGBIN/pg_ctl" -D "$PGDATA" -m immediate -w stop >/dev/null 2>&1 || true
+	ip netns del "$GW" 2>/dev/null || true
+	ip netns del "$NS" 2>/dev/null || true
+	rm -f /var/run/wireguard/"$WGIF".sock
+	[ -n "${KEEP:-}" ] || rm -rf "$STACK"
+}
+
+# stack_up NAME: NAME (at most 6 letters) prefixes namespaces and interfaces.
+stack_up() {
+	local name=$1
+	[ "$(id -u)" = 0 ] || { echo "$name: needs root (network namespaces, TUN); try: sudo make $name" >&2; exit 2; }
+	STACK=$(mktemp -d "/tmp/attestboot-$name.XXXXXX")
+	chmod 755 "$STACK"
+	BIN=$STACK/bin PKI=$STACK/pki LOGS=$STACK/logs PGDATA=$STACK/pg/data
+	GW=ab$name-gw NS=ab$name-nodes GWIP=10.99.0.1 WGIF=ab$name-wg0
+	mkdir -p "$BIN" "$LOGS"
+	trap stack_down INT TERM EXIT
+	# Leftovers of an interrupted earlier run.
+	ip netns del "$GW" 2>/dev/null || true
+	ip netns del "$NS" 2>/dev/null || true
+
+	say "building the binaries"
+	go build -o "$BIN" ./attestor/cmd/attestor ./tunnelmgr/cmd/tunnelmgr ./metadata/cmd/metadata \
+		./node-agent/cmd/node-agent ./node-agent/cmd/nodesim ./attestctl/cmd/attestctl
+
+	say "starting a throwaway Postgres"
+	PGBIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
+	mkdir -p "$STACK/pg" && chown postgres "$STACK/pg"
+	runuser -u postgres -- "$PGBIN/initdb" -D "$PGDATA" -U postgres -A trust -E UTF8 --locale=C.UTF-8 --no-sync >/dev/null
+	runuser -u postgres -- "$PGBIN/pg_ctl" -D "$PGDATA" -l "$LOGS/postgres.log" -w \
+		-o "-c listen_addresses= -k $STACK/pg -p 5432 -c fsync=off -c synchronous_commit=off -c max_connections=300" start >/dev/null
+	runuser -u postgres -- "$PGBIN/createdb" -h "$STACK/pg" -p 5432 attestboot
+	DB="postgres:///attestboot?host=$STACK/pg&port=5432&user=postgres"
+
+	say "making a gateway host and a nodes host (network namespaces joined by veth)"
+	ip netns add "$GW" && ip netns add "$NS"
+	ip link add "ab$name-g" netns "$GW" type veth peer name "ab$name-n" netns "$NS"
+	ip -n "$GW" addr add $GWIP/24 dev "ab$name-g" && ip -n "$NS" addr add 10.99.0.2/24 dev "ab$name-n"
+	ip -n "$GW" link set lo up && ip -n "$NS" link set lo up
+	ip -n "$GW" link set "ab$name-g" up && ip -n "$NS" link set "ab$name-n" up
+
+	head -c 32 /dev/urandom > "$STACK/kek" && chmod 600 "$STACK/kek"
+	local common=(-database-url "$DB" -state-dir "$PKI" -tls-hosts "$GWIP")
+	say "starting attestor, tunnelmgr (embedded WireGuard gateway) and metadata"
+	_start attestor -listen $GWIP:7443 -metrics-listen 127.0.0.1:9101 "${common[@]}"
+	_wait_port 7443
+	_start tunnelmgr -listen $GWIP:7444 -metrics-listen 127.0.0.1:9102 "${common[@]}" \
+		-gateway gw0 -wg-interface "$WGIF" -wg-port 51820 -endpoint $GWIP:51820 -pool-v4 100.64.0.0/16
+	_wait_port 7444
+	_start metadata -listen $GWIP:7445 -metrics-listen 127.0.0.1:9103 "${common[@]}" \
+		-gateway gw0 -wg-interface "$WGIF" -http-listen 100.64.0.1:80 -kek-file "$STACK/kek" \
+		-tunnelmgr-addr $GWIP:7444 -tunnelmgr-ca "$PKI/ca.pem" -tunnelmgr-cert "$PKI/admin.pem" -tunnelmgr-key "$PKI/admin-key.pem"
+	_wait_port 7445
+
+	# attestctl with the stack's addresses and admin credential, run on the gateway host.
+	cat > "$BIN/ctl" <<CTL
+#!/usr/bin/env bash
+exec ip netns exec $GW "$BIN/attestctl" -attestor $GWIP:7443 -tunnelmgr $GWIP:7444 -metadata $GWIP:7445 -state-dir "$PKI" "\$@"
+CTL
+	chmod +x "$BIN/ctl"
+}
+
+# nodesim runs the simulator on the nodes host against the stack, enrolling its nodes.
+nodesim() {
+	ip netns exec "$NS" "$BIN/nodesim" -attestor $GWIP:7443 -tunnelmgr $GWIP:7444 -ca "$PKI/ca.pem" \
+		-enroll -admin-cert "$PKI/admin.pem" -admin-key "$PKI/admin-key.pem" -work-dir "$STACK" "$@"
+}
+
+_start() { # name, args...
+	local name=$1; shift
+	ip netns exec "$GW" "$BIN/$name" serve "$@" >"$LOGS/$name.log" 2>&1 &
+	PIDS[$name]=$!
+}
+
+_wait_port() { # port
+	for _ in $(seq 1 300); do
+		ip netns exec "$GW" bash -c "exec 3<>/dev/tcp/$GWIP/$1" 2>/dev/null && return 0
+		sleep 0.1
+	done
+	echo "nothing listens on $GWIP:$1; see $LOGS" >&2
+	exit 1
+}
