@@ -93,11 +93,23 @@ func TestNodesimBootStorm(t *testing.T) {
 			require.Equal(t, i, r.TPMIndex, "node i always runs TPM i, so its EK and enrollment stay")
 			tunnels = append(tunnels, r.TunnelID)
 
-			resp, err := s.tunnels.ListTunnels(ctx, &tunnelmgrv1.ListTunnelsRequest{NodeId: r.ID})
-			require.NoError(t, err)
-			require.Len(t, resp.GetTunnels(), run, "one tunnel per boot")
+			// The node is done when its phone-home is answered; the service closes the tunnel
+			// right after (-close-delay).
+			var resp *tunnelmgrv1.ListTunnelsResponse
+			require.Eventually(t, func() bool {
+				var err error
+				resp, err = s.tunnels.ListTunnels(ctx, &tunnelmgrv1.ListTunnelsRequest{NodeId: r.ID})
+				if err != nil || len(resp.GetTunnels()) != run {
+					return false
+				}
+				for _, tun := range resp.GetTunnels() {
+					if tun.GetState() != tunnelmgrv1.TunnelState_TUNNEL_STATE_CLOSED {
+						return false
+					}
+				}
+				return true
+			}, 10*time.Second, 50*time.Millisecond, "node %s: one closed tunnel per boot", r.ID)
 			for _, tun := range resp.GetTunnels() {
-				require.Equal(t, tunnelmgrv1.TunnelState_TUNNEL_STATE_CLOSED, tun.GetState(), "node %s", r.ID)
 				require.Equal(t, "phone_home", tun.GetCloseReason())
 			}
 			requireInOrder(t, kinds(s.events(t, r.ID)), []string{"enrollment.created", "attestation.passed", "tunnel.opened", "boot.completed", "tunnel.closed"})
@@ -105,9 +117,12 @@ func TestNodesimBootStorm(t *testing.T) {
 		slices.Sort(tunnels)
 		require.Len(t, slices.Compact(tunnels), n, "every node its own tunnel")
 
-		status, err := s.tunnels.GetGatewayStatus(ctx, &tunnelmgrv1.GetGatewayStatusRequest{})
-		require.NoError(t, err)
-		require.Zero(t, status.GetGateway().GetPeerCount(), "run %d: no peer left on the gateway", run)
+		var status *tunnelmgrv1.GetGatewayStatusResponse
+		require.Eventually(t, func() bool {
+			var err error
+			status, err = s.tunnels.GetGatewayStatus(ctx, &tunnelmgrv1.GetGatewayStatusRequest{})
+			return err == nil && status.GetGateway().GetPeerCount() == 0
+		}, 10*time.Second, 50*time.Millisecond, "run %d: no peer left on the gateway", run)
 		require.Zero(t, status.GetGateway().GetOpenTunnels(), "run %d: every address released", run)
 	}
 

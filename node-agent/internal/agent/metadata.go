@@ -28,6 +28,9 @@ func (d *Documents) zero() {
 // maxDocument bounds what a node reads per document.
 const maxDocument = 1 << 20
 
+// errTooLarge is a document over maxDocument: a permanent failure.
+var errTooLarge = errors.New("document larger than the limit")
+
 type metadataClient struct {
 	http *http.Client
 	base string
@@ -49,6 +52,9 @@ type errStatus struct {
 func (e errStatus) Error() string { return fmt.Sprintf("GET %s: HTTP %d", e.doc, e.code) }
 
 func retryableFetch(err error) bool {
+	if errors.Is(err, errTooLarge) {
+		return false // an answer, not a hiccup
+	}
 	var s errStatus
 	if errors.As(err, &s) {
 		return s.code >= 500 || s.code == http.StatusForbidden
@@ -77,7 +83,7 @@ func (m *metadataClient) get(ctx context.Context, doc string) ([]byte, error) {
 		return nil, err
 	}
 	if len(b) > maxDocument {
-		return nil, fmt.Errorf("GET %s: larger than %d bytes", doc, maxDocument)
+		return nil, fmt.Errorf("GET %s: %w (%d bytes)", doc, errTooLarge, maxDocument)
 	}
 	return b, nil
 }
@@ -114,11 +120,11 @@ func (m *metadataClient) awaitPhoneHome(ctx context.Context, cfg SeedConfig, tun
 		cancel()
 	}
 	if post {
-		if err := retry(ctx, Backoff{}, retryableFetch, func(ctx context.Context) error {
+		// The service answered 200 after recording the boot; it closes the tunnel itself.
+		// Waiting for that would only cost the probe's timeout once the peer is gone.
+		return retry(ctx, Backoff{}, retryableFetch, func(ctx context.Context) error {
 			return m.phoneHome(ctx, cfg.Root, tunnelID)
-		}); err != nil {
-			return err
-		}
+		})
 	}
 	return m.waitClosed(ctx)
 }
