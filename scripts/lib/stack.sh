@@ -1,7 +1,8 @@
 # Shared by scripts/demo and scripts/bench: a whole attestboot stack on this machine — a
 # throwaway Postgres, the three services with an embedded userspace WireGuard gateway in a
 # "gateway" network namespace, and a "nodes" namespace for nodesim — and its removal.
-# Source it, call stack_up NAME, and stack_down on exit (stack_up installs the trap).
+# Source it and call stack_up NAME; stack_down runs on exit, Ctrl-C or SIGTERM (stack_up installs
+# the traps).
 #
 # After stack_up: $STACK (work dir), $BIN (binaries, and $BIN/ctl: attestctl wired to the stack),
 # $PKI, $LOGS, $DB (database URL), $GW and $NS (namespaces), $GWIP, $PGDATA, and
@@ -15,6 +16,7 @@ stack_down() {
 	trap - INT TERM EXIT
 	say "stopping and removing everything the run created"
 	for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+	jobs -p | xargs -r kill 2>/dev/null || true
 	wait 2>/dev/null || true
 	[ -n "${PGBIN:-}" ] && runuser -u postgres -- "$PGBIN/pg_ctl" -D "$PGDATA" -m immediate -w stop >/dev/null 2>&1 || true
 	ip netns del "$GW" 2>/dev/null || true
@@ -32,7 +34,8 @@ stack_up() {
 	BIN=$STACK/bin PKI=$STACK/pki LOGS=$STACK/logs PGDATA=$STACK/pg/data
 	GW=ab$name-gw NS=ab$name-nodes GWIP=10.99.0.1 WGIF=ab$name-wg0
 	mkdir -p "$BIN" "$LOGS"
-	trap stack_down INT TERM EXIT
+	trap stack_down EXIT
+	trap 'stack_down; exit 130' INT TERM
 	# Leftovers of an interrupted earlier run.
 	ip netns del "$GW" 2>/dev/null || true
 	ip netns del "$NS" 2>/dev/null || true
@@ -45,7 +48,7 @@ stack_up() {
 	PGBIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
 	mkdir -p "$STACK/pg" && chown postgres "$STACK/pg"
 	runuser -u postgres -- "$PGBIN/initdb" -D "$PGDATA" -U postgres -A trust -E UTF8 --locale=C.UTF-8 --no-sync >/dev/null
-	runuser -u postgres -- "$PGBIN/pg_ctl" -D "$PGDATA" -l "$LOGS/postgres.log" -w \
+	runuser -u postgres -- "$PGBIN/pg_ctl" -D "$PGDATA" -l "$STACK/pg/postgres.log" -w \
 		-o "-c listen_addresses= -k $STACK/pg -p 5432 -c fsync=off -c synchronous_commit=off -c max_connections=300" start >/dev/null
 	runuser -u postgres -- "$PGBIN/createdb" -h "$STACK/pg" -p 5432 attestboot
 	DB="postgres:///attestboot?host=$STACK/pg&port=5432&user=postgres"

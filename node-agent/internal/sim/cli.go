@@ -37,6 +37,7 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		nodeLogLevel               string
 		caFile, serverName, ak     string
 		jsonFile                   string
+		table                      bool
 		doEnroll                   bool
 		enrollCfg                  Enroll
 		adminCert, adminKey        string
@@ -60,6 +61,7 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	fs.IntVar(&cfg.TPMFirst, "tpm-first", 0, "cache index of the first node's TPM (node i runs TPM tpm-first+i)")
 	fs.StringVar(&cfg.WorkDir, "work-dir", os.TempDir(), "where the nodes' temporary seed directories go")
 	fs.StringVar(&jsonFile, "json", "", "also write the report as JSON to this file")
+	fs.BoolVar(&table, "table", false, "also print one row per node (state, attest, tunnel, fetch and total ms)")
 	fs.BoolVar(&doEnroll, "enroll", false, "create and enroll the nodes (by EK hash) through the InventoryService first")
 	fs.StringVar(&enrollCfg.Addr, "inventory", "", "InventoryService host:port (default: the attestor's)")
 	fs.StringVar(&enrollCfg.Group, "group", "", "with -enroll: put the nodes in this group (created if missing)")
@@ -111,6 +113,13 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	if err != nil {
 		logger.Error("simulation failed", "err", err)
 		return ExitError
+	}
+	if table {
+		if err := rep.WriteTable(stdout); err != nil {
+			fmt.Fprintf(stderr, "nodesim: %v\n", err)
+			return ExitError
+		}
+		fmt.Fprintln(stdout)
 	}
 	if err := rep.WriteText(stdout); err != nil {
 		logger.Error("write report", "err", err)

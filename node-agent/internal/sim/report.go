@@ -302,6 +302,27 @@ func (r *Report) WriteText(w io.Writer) error {
 	return nil
 }
 
+// WriteTable writes one row per node: state and the durations of its main phases, the final
+// table of make demo.
+func (r *Report) WriteTable(w io.Writer) error {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "node	state	attest ms	tunnel ms	fetch ms	total ms	")
+	for _, n := range r.Results {
+		sums := map[string]time.Duration{}
+		for _, p := range n.Phases {
+			sums[p.Name] += time.Duration(p.Duration)
+		}
+		state := "booted"
+		if !n.OK {
+			state = "failed: " + n.Class
+		}
+		ms := func(d time.Duration) string { return fmt.Sprintf("%.1f", float64(d)/float64(time.Millisecond)) }
+		fmt.Fprintf(tw, "%s	%s	%s	%s	%s	%s	\n", n.ID, state, ms(sums["attest"]), ms(sums["tunnel"]), ms(sums["fetch"]),
+			ms(time.Duration(n.Total)))
+	}
+	return tw.Flush()
+}
+
 // round keeps three significant figures or so, enough to compare runs.
 func round(d Duration) time.Duration {
 	x := time.Duration(d)

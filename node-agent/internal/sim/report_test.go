@@ -262,3 +262,19 @@ func TestMainRefusesBadConfiguration(t *testing.T) {
 	}
 	require.Equal(t, ExitOK, Main([]string{"-h"}, io.Discard, io.Discard))
 }
+
+func TestWriteTable(t *testing.T) {
+	t.Parallel()
+	ms := func(n int) Duration { return Duration(time.Duration(n) * time.Millisecond) }
+	r := Report{Results: []NodeResult{
+		{ID: "sim00001", OK: true, Total: ms(300), Phases: []Phase{{"attest", ms(40)}, {"tunnel", ms(10)}, {"attest", ms(5)}, {"fetch", ms(20)}}},
+		{ID: "sim00002", Class: "attestation", Total: ms(50), Phases: []Phase{{"attest", ms(50)}}},
+	}}
+	var b strings.Builder
+	require.NoError(t, r.WriteTable(&b))
+	lines := strings.Split(strings.TrimRight(b.String(), "\n"), "\n")
+	require.Len(t, lines, 3)
+	require.Equal(t, []string{"node", "state", "attest", "ms", "tunnel", "ms", "fetch", "ms", "total", "ms"}, strings.Fields(lines[0]))
+	require.Equal(t, []string{"sim00001", "booted", "45.0", "10.0", "20.0", "300.0"}, strings.Fields(lines[1]), "a repeated phase is summed")
+	require.Equal(t, []string{"sim00002", "failed:", "attestation", "50.0", "0.0", "0.0", "50.0"}, strings.Fields(lines[2]))
+}
