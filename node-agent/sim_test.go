@@ -37,6 +37,9 @@ func (s *stack) runNodesim(t *testing.T, host *netnstest.NS, args ...string) sim
 	args = append([]string{
 		"-attestor", attestorAt, "-tunnelmgr", tunnelmgrAt, "-ca", filepath.Join(s.state, pki.CACertFile),
 		"-deadline", "90s", "-work-dir", t.TempDir(), "-json", report, "-node-log-level", "warn",
+		// A cache of the tests' own: a nodesim or make bench running on this machine holds leases
+		// on the default one's TPMs.
+		"-tpm-cache", filepath.Join(os.TempDir(), "attestboot-nodesim-swtpm-test"),
 	}, args...)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
