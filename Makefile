@@ -54,6 +54,14 @@ NODES ?= 5
 demo: deps ## boot NODES (default 5) swtpm nodes through the whole stack on this machine; Ctrl-C removes it all
 	scripts/demo $(NODES)
 
+# make bench NODES=1000 RATE=200: the boot storm's own default is 100 nodes, not the demo's 5.
+BENCH_NODES = $(if $(filter command line environment,$(origin NODES)),$(NODES),100)
+RATE ?= 0
+
 .PHONY: bench
-bench: deps ## run the benchmarks and print their figures
+bench: deps ## boot storm: NODES (default 100) nodes at once or RATE/s through the whole stack; figures and chart in bench-results/
+	scripts/bench $(BENCH_NODES) $(RATE)
+
+.PHONY: bench-go
+bench-go: ## run the Go benchmarks (BENCH=regexp) and print their figures
 	go test -run '^$$' -bench '$(BENCH)' -benchmem $(PACKAGES)
