@@ -17,6 +17,12 @@ stack_down() {
 	say "stopping and removing everything the run created"
 	for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
 	jobs -p | xargs -r kill 2>/dev/null || true
+	# Graceful shutdowns get 15 s; whatever still runs then is killed, so cleanup never hangs.
+	for _ in $(seq 1 150); do
+		[ -z "$(jobs -pr)" ] && break
+		sleep 0.1
+	done
+	jobs -pr | xargs -r kill -9 2>/dev/null || true
 	wait 2>/dev/null || true
 	[ -n "${PGBIN:-}" ] && runuser -u postgres -- "$PGBIN/pg_ctl" -D "$PGDATA" -m immediate -w stop >/dev/null 2>&1 || true
 	ip netns del "$GW" 2>/dev/null || true
