@@ -4,7 +4,8 @@
 # this machine; the tests run it inside an overlay root of their own.
 set -euo pipefail
 
-packages=(postgresql swtpm swtpm-tools tpm2-tools wireguard-go wireguard-tools iproute2 docker-compose cloud-init util-linux procps)
+packages=(postgresql swtpm swtpm-tools tpm2-tools wireguard-go wireguard-tools iproute2 docker-compose cloud-init
+	util-linux procps coreutils systemd openssh-client)
 
 missing=()
 for p in "${packages[@]}"; do
