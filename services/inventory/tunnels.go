@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 )
 
@@ -87,10 +88,15 @@ func collectTunnels(rows pgx.Rows) ([]Tunnel, error) {
 
 // OpenTunnel records an open tunnel for t's gateway, node, attestation and key, with the lowest
 // free address of each of the gateway's pools (the same offset in both when it has two), expiring
-// after ttl. The gateway row is locked for the allocation, so replicas sharing the pool never
-// hand out one address twice; the partial unique indexes hold even if this code were wrong.
+// after ttl, and appends events about it (their Detail gains tunnel_id, gateway and addresses).
 // Call it inside InTx. It is ErrPoolExhausted when no address is free.
-func (q *Queries) OpenTunnel(ctx context.Context, t Tunnel, ttl time.Duration) (Tunnel, error) {
+//
+// Replicas sharing a pool serialise on the gateway row, locked in a statement of its own so
+// that the allocation after it sees every tunnel committed before the lock was granted. The
+// allocation, the insert and the events then go in one round trip, so the lock is held for two
+// round trips (that batch and the commit): during a boot storm every open waits for it. The
+// partial unique indexes hold even if this code were wrong.
+func (q *Queries) OpenTunnel(ctx context.Context, t Tunnel, ttl time.Duration, events ...Event) (Tunnel, error) {
 	op := fmt.Sprintf("open tunnel on gateway %q for node %q", t.Gateway, t.NodeID)
 	g, err := scanGateway(q.db.QueryRow(ctx, `SELECT `+gatewayColumns+` FROM gateways WHERE name = $1 FOR UPDATE`, t.Gateway))
 	if err != nil {
@@ -105,42 +111,70 @@ func (q *Queries) OpenTunnel(ctx context.Context, t Tunnel, ttl time.Duration) (
 	if g.IPv4Pool.IsValid() && g.IPv6Pool.IsValid() {
 		maxOffset = min(maxOffset, poolMaxOffset(g.IPv6Pool))
 	}
-	base := netip.PrefixFrom(pool.Masked().Addr(), pool.Addr().BitLen())
+	base := func(p netip.Prefix) any {
+		if !p.IsValid() {
+			return nil
+		}
+		return netip.PrefixFrom(p.Masked().Addr(), p.Addr().BitLen())
+	}
+	id, err := uuid.NewRandom()
+	if err != nil {
+		return Tunnel{}, fmt.Errorf("%s: %w", op, err)
+	}
+	now := q.now()
+	b := &pgx.Batch{}
 	// Candidates are 1 and the successor of every used offset; the lowest candidate not in use
-	// is the lowest free offset. EXCEPT keeps this one pass over the open tunnels.
-	var offset *int64
-	err = q.db.QueryRow(ctx, `
+	// is the lowest free offset. EXCEPT keeps this one pass over the open tunnels. No free
+	// offset inserts nothing.
+	b.Queue(`
 		WITH used AS (
 			SELECT (`+column+` - $2::inet) AS off FROM tunnels
 			WHERE gateway = $1 AND state = 'open' AND `+column+` IS NOT NULL
 			UNION ALL
 			SELECT ($3::inet - $2::inet) WHERE $3::inet IS NOT NULL
+		), free AS (
+			SELECT min(off) AS off FROM (
+				(SELECT 1::bigint AS off UNION SELECT off + 1 FROM used) EXCEPT SELECT off FROM used
+			) candidates WHERE off BETWEEN 1 AND $4
 		)
-		SELECT min(off) FROM (
-			(SELECT 1::bigint AS off UNION SELECT off + 1 FROM used) EXCEPT SELECT off FROM used
-		) free WHERE off BETWEEN 1 AND $4`,
-		t.Gateway, base, addrParam(own), maxOffset).Scan(&offset)
+		INSERT INTO tunnels (id, gateway, node_id, attestation_id, wireguard_public_key, address_v4, address_v6,
+			state, opened_at, expires_at)
+		SELECT $5, $1, $6, $7, $8, $9::inet + free.off, $10::inet + free.off, 'open', $11, $12
+		FROM free WHERE free.off IS NOT NULL
+		RETURNING `+tunnelColumns,
+		t.Gateway, base(pool), addrParam(own), maxOffset,
+		id.String(), t.NodeID, t.AttestationID, t.WireGuardPublicKey, base(g.IPv4Pool), base(g.IPv6Pool),
+		now, now.Add(ttl))
+	for _, e := range events {
+		at := e.At
+		if at.IsZero() {
+			at = now
+		}
+		detail := e.Detail
+		if detail == nil {
+			detail = map[string]any{}
+		}
+		b.Queue(`
+			INSERT INTO events (at, node_id, kind, service, reason, detail)
+			SELECT $1, NULLIF($2, ''), $3, $4, $5, $6::jsonb || jsonb_build_object(
+				'tunnel_id', id::text, 'gateway', gateway,
+				'addresses', to_jsonb(array_remove(ARRAY[host(address_v4) || '/32', host(address_v6) || '/128'], NULL)))
+			FROM tunnels WHERE id = $7`,
+			at, e.NodeID, e.Kind, e.Service, e.Reason, detail, id.String())
+	}
+	br := q.db.SendBatch(ctx, b)
+	defer br.Close()
+	stored, err := scanTunnel(br.QueryRow())
+	if errors.Is(err, pgx.ErrNoRows) {
+		return Tunnel{}, fmt.Errorf("%s: %w (%s)", op, ErrPoolExhausted, pool)
+	}
 	if err != nil {
 		return Tunnel{}, dbError(op, err)
 	}
-	if offset == nil {
-		return Tunnel{}, fmt.Errorf("%s: %w (%s)", op, ErrPoolExhausted, pool)
+	if err := execEvents(br, events); err != nil {
+		return Tunnel{}, dbError(op, err)
 	}
-	if g.IPv4Pool.IsValid() {
-		t.AddressV4 = addOffset(g.IPv4Pool, *offset)
-	}
-	if g.IPv6Pool.IsValid() {
-		t.AddressV6 = addOffset(g.IPv6Pool, *offset)
-	}
-	now := q.now()
-	stored, err := scanTunnel(q.db.QueryRow(ctx, `
-		INSERT INTO tunnels (gateway, node_id, attestation_id, wireguard_public_key, address_v4, address_v6,
-			state, opened_at, expires_at)
-		VALUES ($1, $2, $3, $4, $5, $6, 'open', $7, $8)
-		RETURNING `+tunnelColumns,
-		t.Gateway, t.NodeID, t.AttestationID, t.WireGuardPublicKey, addrParam(t.AddressV4), addrParam(t.AddressV6),
-		now, now.Add(ttl)))
-	if err != nil {
+	if err := br.Close(); err != nil {
 		return Tunnel{}, dbError(op, err)
 	}
 	return stored, nil
@@ -158,18 +192,6 @@ func poolMaxOffset(p netip.Prefix) int64 {
 		n-- // broadcast
 	}
 	return n
-}
-
-func addOffset(p netip.Prefix, off int64) netip.Addr {
-	b := p.Masked().Addr().AsSlice()
-	carry := uint64(off)
-	for i := len(b) - 1; i >= 0 && carry > 0; i-- {
-		sum := uint64(b[i]) + carry&0xff
-		b[i] = byte(sum)
-		carry = carry>>8 + sum>>8
-	}
-	a, _ := netip.AddrFromSlice(b)
-	return a
 }
 
 // GetTunnel returns a tunnel by id.

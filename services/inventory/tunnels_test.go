@@ -93,6 +93,24 @@ func TestTunnelAddressAllocation(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, tunnels[1].AddressV4, again.AddressV4)
 
+	// Events passed to OpenTunnel name the tunnel, in the same transaction.
+	var withEvent inventory.Tunnel
+	require.NoError(t, b.store.InTx(ctx, func(q *inventory.Queries) error {
+		_, _, err := q.CloseTunnel(ctx, again.ID, inventory.TunnelClosed, "x")
+		if err != nil {
+			return err
+		}
+		withEvent, err = q.OpenTunnel(ctx, attested(t, b, "n11", "gw1"), time.Minute,
+			inventory.Event{NodeID: "n11", Kind: "tunnel.opened", Service: "test", Detail: map[string]any{"extra": "kept"}})
+		return err
+	}))
+	evs, err := b.store.QueryEvents(ctx, inventory.EventQuery{NodeID: "n11", Kinds: []string{"tunnel.opened"}})
+	require.NoError(t, err)
+	require.Len(t, evs, 1)
+	require.Equal(t, map[string]any{"extra": "kept", "tunnel_id": withEvent.ID, "gateway": "gw1",
+		"addresses": []any{withEvent.AddressV4.String() + "/32", withEvent.AddressV6.String() + "/128"}}, evs[0].Detail)
+	again = withEvent
+
 	got, err := b.store.OpenTunnelByAddress(ctx, "gw1", again.AddressV6)
 	require.NoError(t, err)
 	require.Equal(t, again.ID, got.ID)

@@ -200,19 +200,15 @@ func (n nodeFacing) OpenTunnel(ctx context.Context, req *tunnelmgrv1.OpenTunnelR
 		} else if err != nil {
 			return err
 		}
+		// The event goes with the insert: the gateway's lock is held until commit, so every
+		// round trip saved here is one the next node does not wait for.
 		t, err = q.OpenTunnel(ctx, inventory.Tunnel{
 			Gateway: s.cfg.Info.Name, NodeID: a.NodeID, AttestationID: a.ID, WireGuardPublicKey: a.WireGuardPublicKey,
-		}, s.cfg.TTL)
+		}, s.cfg.TTL, inventory.Event{NodeID: a.NodeID, Kind: KindOpened, Service: "tunnelmgr"})
 		if errors.Is(err, inventory.ErrPoolExhausted) {
 			ref = &refusal{codes.ResourceExhausted, ReasonPoolExhausted, err}
 			return errRollback
-		} else if err != nil {
-			return err
 		}
-		_, err = q.AppendEvent(ctx, inventory.Event{
-			NodeID: a.NodeID, Kind: KindOpened, Service: "tunnelmgr",
-			Detail: map[string]any{"tunnel_id": t.ID, "gateway": t.Gateway, "addresses": addressStrings(t)},
-		})
 		return err
 	})
 	if ref != nil {
