@@ -26,49 +26,127 @@ const (
 	ExitError       = 2 // bad configuration, or the simulation could not run
 )
 
+// Flags are the simulation's command-line flags, shared by nodesim and storm (a storm is a
+// nodesim run that is also measured): RegisterFlags declares them, Config reads them once the
+// flag set is parsed.
+type Flags struct {
+	cfg                        Config
+	log                        logging.Config
+	nodeLogLevel               string
+	caFile, serverName, ak     string
+	enroll                     bool
+	enrollCfg                  Enroll
+	adminCert, adminKey        string
+	adminToken, adminTokenFile string
+}
+
+// RegisterFlags declares the simulation's flags on fs: the nodes, the services and their CA,
+// the TPM cache, enrollment with its admin credentials, and the log levels. The caller adds
+// its own flags (nodesim its report files) and parses fs.
+func RegisterFlags(fs *flag.FlagSet) *Flags {
+	f := &Flags{}
+	c := &f.cfg
+	f.log.RegisterFlags(fs)
+	fs.StringVar(&f.nodeLogLevel, "node-log-level", "error", "log level of the simulated agents: debug, info, warn or error")
+	fs.IntVar(&c.Nodes, "nodes", 10, "number of simulated nodes")
+	fs.Float64Var(&c.Rate, "rate", 0, "arrivals per second (0: all at once)")
+	fs.StringVar(&c.Prefix, "prefix", "sim", "node id prefix; ids are the prefix and a five-digit number (sim00001)")
+	fs.IntVar(&c.First, "first", 1, "number of the first node")
+	fs.StringVar(&c.Attestor, "attestor", "", "attestor host:port")
+	fs.StringVar(&c.TunnelManager, "tunnelmgr", "", "tunnel manager host:port")
+	fs.StringVar(&f.caFile, "ca", "/etc/attestboot/ca.pem", "CA bundle the services' certificates chain to")
+	fs.StringVar(&f.serverName, "server-name", "", "name to verify in the services' certificates (default: the host of each address)")
+	fs.StringVar(&f.ak, "ak", string(nodeattest.ECDSA), "attestation key algorithm: ecdsa or rsa")
+	fs.DurationVar(&c.Deadline, "deadline", 5*time.Minute, "deadline of each node's boot")
+	fs.StringVar(&c.TPMCache, "tpm-cache", DefaultTPMCache(), "swtpm cache: TPMs are manufactured once into it and reused by later runs")
+	fs.IntVar(&c.TPMFirst, "tpm-first", 0, "cache index of the first node's TPM (node i runs TPM tpm-first+i)")
+	fs.StringVar(&c.WorkDir, "work-dir", os.TempDir(), "where the nodes' temporary seed directories go")
+	fs.BoolVar(&f.enroll, "enroll", false, "create and enroll the nodes (by EK hash) through the InventoryService first")
+	fs.StringVar(&f.enrollCfg.Addr, "inventory", "", "InventoryService host:port (default: the attestor's)")
+	fs.StringVar(&f.enrollCfg.Group, "group", "", "with -enroll: put the nodes in this group (created if missing)")
+	fs.StringVar(&f.adminCert, "admin-cert", "", "with -enroll: admin client certificate")
+	fs.StringVar(&f.adminKey, "admin-key", "", "with -enroll: admin client key")
+	fs.StringVar(&f.adminTokenFile, "admin-token-file", "", "with -enroll: file holding the admin bearer token")
+	config.SecretVar(fs, &f.adminToken, "admin-token", "with -enroll: admin bearer token")
+	return f
+}
+
+// Config builds the simulation's Config from the parsed flags: progress logged to w at
+// -log-level, the agents' logs to w at -node-log-level, the services' TLS and, with -enroll,
+// the enrollment with the admin credentials. The hooks are left unset.
+func (f *Flags) Config(w io.Writer) (Config, error) {
+	cfg := f.cfg
+	var err error
+	if cfg.Logger, err = logging.New(w, f.log.Level, f.log.Format); err != nil {
+		return Config{}, err
+	}
+	if cfg.NodeLogger, err = logging.New(w, f.nodeLogLevel, f.log.Format); err != nil {
+		return Config{}, err
+	}
+	cfg.AKAlgorithm = nodeattest.Algorithm(f.ak)
+	if cfg.TLS, err = pki.NodeClientTLS(f.caFile); err != nil {
+		return Config{}, err
+	}
+	cfg.TLS.ServerName = f.serverName
+	if f.enroll {
+		e := f.enrollCfg
+		if e.TLS, e.Token, err = f.admin(); err != nil {
+			return Config{}, err
+		}
+		cfg.Enroll = &e
+	}
+	return cfg, nil
+}
+
+// Admin returns the admin credentials given by -admin-cert and -admin-key, -admin-token or
+// -admin-token-file: the TLS configuration (with the client certificate, if one was given)
+// and the bearer token. It returns a nil configuration when no credential was given.
+func (f *Flags) Admin() (*tls.Config, string, error) {
+	if f.adminCert == "" && f.adminKey == "" && f.adminToken == "" && f.adminTokenFile == "" {
+		return nil, "", nil
+	}
+	return f.admin()
+}
+
+func (f *Flags) admin() (*tls.Config, string, error) {
+	token := f.adminToken
+	if f.adminTokenFile != "" {
+		var err error
+		if token, err = config.ReadSecretFile(f.adminTokenFile); err != nil {
+			return nil, "", err
+		}
+	}
+	var (
+		tlsCfg *tls.Config
+		err    error
+	)
+	if f.adminCert == "" && f.adminKey == "" {
+		tlsCfg, err = pki.NodeClientTLS(f.caFile) // the token authenticates
+	} else {
+		tlsCfg, err = pki.AdminClientTLS(f.caFile, f.adminCert, f.adminKey)
+	}
+	if err != nil {
+		return nil, "", err
+	}
+	tlsCfg.ServerName = f.serverName
+	return tlsCfg, token, nil
+}
+
 // Main is the nodesim command: flags (or NODESIM_* environment variables) into a Config, Run,
 // the report as text on stdout and, with -json, as JSON in a file. args exclude the program
 // name. Run it inside a network namespace or host that reaches the services and the gateway's
 // WireGuard endpoint: the netstack ends' UDP sockets are this process's.
 func Main(args []string, stdout, stderr io.Writer) int {
-	var (
-		cfg                        Config
-		logCfg                     logging.Config
-		nodeLogLevel               string
-		caFile, serverName, ak     string
-		jsonFile                   string
-		table                      bool
-		doEnroll                   bool
-		enrollCfg                  Enroll
-		adminCert, adminKey        string
-		adminToken, adminTokenFile string
-	)
 	fs := flag.NewFlagSet("nodesim", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	logCfg.RegisterFlags(fs)
-	fs.StringVar(&nodeLogLevel, "node-log-level", "error", "log level of the simulated agents: debug, info, warn or error")
-	fs.IntVar(&cfg.Nodes, "nodes", 10, "number of simulated nodes")
-	fs.Float64Var(&cfg.Rate, "rate", 0, "arrivals per second (0: all at once)")
-	fs.StringVar(&cfg.Prefix, "prefix", "sim", "node id prefix; ids are the prefix and a five-digit number (sim00001)")
-	fs.IntVar(&cfg.First, "first", 1, "number of the first node")
-	fs.StringVar(&cfg.Attestor, "attestor", "", "attestor host:port")
-	fs.StringVar(&cfg.TunnelManager, "tunnelmgr", "", "tunnel manager host:port")
-	fs.StringVar(&caFile, "ca", "/etc/attestboot/ca.pem", "CA bundle the services' certificates chain to")
-	fs.StringVar(&serverName, "server-name", "", "name to verify in the services' certificates (default: the host of each address)")
-	fs.StringVar(&ak, "ak", string(nodeattest.ECDSA), "attestation key algorithm: ecdsa or rsa")
-	fs.DurationVar(&cfg.Deadline, "deadline", 5*time.Minute, "deadline of each node's boot")
-	fs.StringVar(&cfg.TPMCache, "tpm-cache", DefaultTPMCache(), "swtpm cache: TPMs are manufactured once into it and reused by later runs")
-	fs.IntVar(&cfg.TPMFirst, "tpm-first", 0, "cache index of the first node's TPM (node i runs TPM tpm-first+i)")
-	fs.StringVar(&cfg.WorkDir, "work-dir", os.TempDir(), "where the nodes' temporary seed directories go")
+	flags := RegisterFlags(fs)
+	var (
+		jsonFile string
+		table    bool
+	)
+	// The report's outputs are nodesim's own: storm writes a report of its own.
 	fs.StringVar(&jsonFile, "json", "", "also write the report as JSON to this file")
 	fs.BoolVar(&table, "table", false, "also print one row per node (state, attest, tunnel, fetch and total ms)")
-	fs.BoolVar(&doEnroll, "enroll", false, "create and enroll the nodes (by EK hash) through the InventoryService first")
-	fs.StringVar(&enrollCfg.Addr, "inventory", "", "InventoryService host:port (default: the attestor's)")
-	fs.StringVar(&enrollCfg.Group, "group", "", "with -enroll: put the nodes in this group (created if missing)")
-	fs.StringVar(&adminCert, "admin-cert", "", "with -enroll: admin client certificate")
-	fs.StringVar(&adminKey, "admin-key", "", "with -enroll: admin client key")
-	fs.StringVar(&adminTokenFile, "admin-token-file", "", "with -enroll: file holding the admin bearer token")
-	config.SecretVar(fs, &adminToken, "admin-token", "with -enroll: admin bearer token")
 	if err := config.Parse(fs, "NODESIM", args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return ExitOK
@@ -76,36 +154,12 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "nodesim: %v\n", err)
 		return ExitError
 	}
-	logger, err := logging.New(stderr, logCfg.Level, logCfg.Format)
-	if err == nil {
-		cfg.NodeLogger, err = logging.New(stderr, nodeLogLevel, logCfg.Format)
-	}
+	cfg, err := flags.Config(stderr)
 	if err != nil {
-		fmt.Fprintf(stderr, "nodesim: %v\n", err)
+		fmt.Fprintf(stderr, "nodesim: bad configuration: %v\n", err)
 		return ExitError
 	}
-	cfg.Logger = logger
-	cfg.AKAlgorithm = nodeattest.Algorithm(ak)
-	if cfg.TLS, err = pki.NodeClientTLS(caFile); err != nil {
-		logger.Error("bad configuration", "err", err)
-		return ExitError
-	}
-	cfg.TLS.ServerName = serverName
-	if doEnroll {
-		if enrollCfg.TLS, err = adminTLS(caFile, adminCert, adminKey); err != nil {
-			logger.Error("bad configuration", "err", err)
-			return ExitError
-		}
-		enrollCfg.TLS.ServerName = serverName
-		if adminTokenFile != "" {
-			if adminToken, err = config.ReadSecretFile(adminTokenFile); err != nil {
-				logger.Error("bad configuration", "err", err)
-				return ExitError
-			}
-		}
-		enrollCfg.Token = adminToken
-		cfg.Enroll = &enrollCfg
-	}
+	logger := cfg.Logger
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -135,13 +189,6 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		return ExitNodesFailed
 	}
 	return ExitOK
-}
-
-func adminTLS(caFile, certFile, keyFile string) (*tls.Config, error) {
-	if certFile == "" && keyFile == "" {
-		return pki.NodeClientTLS(caFile) // the token authenticates
-	}
-	return pki.AdminClientTLS(caFile, certFile, keyFile)
 }
 
 func writeJSONFile(path string, rep *Report) error {

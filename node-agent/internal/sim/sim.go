@@ -57,6 +57,15 @@ type Config struct {
 	// logs, each tagged with its node (default: discarded).
 	Logger     *slog.Logger
 	NodeLogger *slog.Logger
+
+	// OnStorm, if set, is called right before the first node starts booting: the TPMs are
+	// running and the nodes enrolled. OnDone, if set, is called right after the last node
+	// finished, before the TPMs are stopped; it is called whenever OnStorm was, whatever the
+	// nodes' outcome. The simulation waits for them, and their time counts in no figure of
+	// the report: a measurement (internal/storm) takes its readings there so that the TPMs'
+	// start, the enrollment and the teardown do not count as the storm's.
+	OnStorm func()
+	OnDone  func()
 }
 
 // DefaultTPMCache is the default swtpm cache of nodesim: separate from the tests' cache
@@ -202,6 +211,9 @@ func startTPMs(ctx context.Context, cfg *Config, work string) ([]*node, func(), 
 func storm(ctx context.Context, cfg *Config, nodes []*node, wall *Duration) []NodeResult {
 	results := make([]NodeResult, len(nodes))
 	var wg sync.WaitGroup
+	if cfg.OnStorm != nil {
+		cfg.OnStorm()
+	}
 	start := time.Now()
 	for i, n := range nodes {
 		if cfg.Rate > 0 {
@@ -220,6 +232,9 @@ func storm(ctx context.Context, cfg *Config, nodes []*node, wall *Duration) []No
 	}
 	wg.Wait()
 	*wall = Duration(time.Since(start))
+	if cfg.OnDone != nil {
+		cfg.OnDone()
+	}
 	return results
 }
 

@@ -2,7 +2,6 @@ package storm
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -15,9 +14,6 @@ import (
 
 	"github.com/attestboot/attestboot/node-agent/internal/sim"
 	"github.com/attestboot/attestboot/services/config"
-	"github.com/attestboot/attestboot/services/logging"
-	"github.com/attestboot/attestboot/services/nodeattest"
-	"github.com/attestboot/attestboot/services/pki"
 )
 
 // Exit codes of the storm command, as nodesim's.
@@ -32,45 +28,22 @@ const (
 // nodesim, it must run inside the network namespace of the nodes.
 func Main(args []string, stdout, stderr io.Writer) int {
 	var (
-		cfg                        Config
-		logCfg                     logging.Config
-		nodeLogLevel               string
-		caFile, serverName, ak     string
-		jsonFile, svgFile, pids    string
-		doEnroll                   bool
-		enrollCfg                  sim.Enroll
-		adminCert, adminKey        string
-		adminToken, adminTokenFile string
+		cfg                     Config
+		jsonFile, svgFile, pids string
 	)
-	// nodesim's flags (internal/sim/cli.go) with the same names and defaults: a storm is a
-	// nodesim run that is also measured. sim registers its flags inside Main, so they are
-	// repeated here.
 	fs := flag.NewFlagSet("storm", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	logCfg.RegisterFlags(fs)
-	s := &cfg.Sim
-	fs.StringVar(&nodeLogLevel, "node-log-level", "error", "log level of the simulated agents: debug, info, warn or error")
-	fs.IntVar(&s.Nodes, "nodes", 10, "number of simulated nodes")
-	fs.Float64Var(&s.Rate, "rate", 0, "arrivals per second (0: all at once)")
-	fs.StringVar(&s.Prefix, "prefix", "sim", "node id prefix; ids are the prefix and a five-digit number (sim00001)")
-	fs.IntVar(&s.First, "first", 1, "number of the first node")
-	fs.StringVar(&s.Attestor, "attestor", "", "attestor host:port")
-	fs.StringVar(&s.TunnelManager, "tunnelmgr", "", "tunnel manager host:port (also asked for the gateway's peers)")
-	fs.StringVar(&caFile, "ca", "/etc/attestboot/ca.pem", "CA bundle the services' certificates chain to")
-	fs.StringVar(&serverName, "server-name", "", "name to verify in the services' certificates (default: the host of each address)")
-	fs.StringVar(&ak, "ak", string(nodeattest.ECDSA), "attestation key algorithm: ecdsa or rsa")
-	fs.DurationVar(&s.Deadline, "deadline", 5*time.Minute, "deadline of each node's boot")
-	fs.StringVar(&s.TPMCache, "tpm-cache", sim.DefaultTPMCache(), "swtpm cache: TPMs are manufactured once into it and reused by later runs")
-	fs.IntVar(&s.TPMFirst, "tpm-first", 0, "cache index of the first node's TPM (node i runs TPM tpm-first+i)")
-	fs.StringVar(&s.WorkDir, "work-dir", os.TempDir(), "where the nodes' temporary seed directories go")
-	fs.BoolVar(&doEnroll, "enroll", false, "create and enroll the nodes (by EK hash) through the InventoryService first")
-	fs.StringVar(&enrollCfg.Addr, "inventory", "", "InventoryService host:port (default: the attestor's)")
-	fs.StringVar(&enrollCfg.Group, "group", "", "with -enroll: put the nodes in this group (created if missing)")
-	fs.StringVar(&adminCert, "admin-cert", "", "admin client certificate: for -enroll and the gateway's peer count")
-	fs.StringVar(&adminKey, "admin-key", "", "admin client key")
-	fs.StringVar(&adminTokenFile, "admin-token-file", "", "file holding an admin bearer token")
-	config.SecretVar(fs, &adminToken, "admin-token", "admin bearer token")
-	// The measurement's own flags.
+	simFlags := sim.RegisterFlags(fs)
+	// Here the admin credentials serve the gateway's peer count too, with or without -enroll.
+	for name, usage := range map[string]string{
+		"tunnelmgr":        "tunnel manager host:port (also asked for the gateway's peers)",
+		"admin-cert":       "admin client certificate: for -enroll and the gateway's peer count",
+		"admin-key":        "admin client key",
+		"admin-token-file": "file holding an admin bearer token",
+		"admin-token":      "admin bearer token (secret: environment only)",
+	} {
+		fs.Lookup(name).Usage = usage
+	}
 	fs.StringVar(&pids, "pids", "", "server processes to measure: attestor=PID,tunnelmgr=PID,metadata=PID,postgres=PID (the postmaster)")
 	fs.StringVar(&cfg.DatabaseURL, "database-url", "", "inventory database, for pg_stat_database and pg_stat_statements")
 	fs.StringVar(&jsonFile, "json", "", "write the report as JSON to this file")
@@ -84,47 +57,12 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "storm: %v\n", err)
 		return ExitError
 	}
-	logger, err := logging.New(stderr, logCfg.Level, logCfg.Format)
-	if err == nil {
-		s.NodeLogger, err = logging.New(stderr, nodeLogLevel, logCfg.Format)
-	}
-	if err != nil {
-		fmt.Fprintf(stderr, "storm: %v\n", err)
+	if err := configure(&cfg, simFlags, pids, stderr); err != nil {
+		fmt.Fprintf(stderr, "storm: bad configuration: %v\n", err)
 		return ExitError
 	}
-	cfg.Logger, s.Logger = logger, logger
 	cfg.Command = append([]string{"storm"}, args...)
-	bad := func(err error) int {
-		logger.Error("bad configuration", "err", err)
-		return ExitError
-	}
-	if cfg.PIDs, err = ParsePIDs(pids); err != nil {
-		return bad(err)
-	}
-	s.AKAlgorithm = nodeattest.Algorithm(ak)
-	if s.TLS, err = pki.NodeClientTLS(caFile); err != nil {
-		return bad(err)
-	}
-	s.TLS.ServerName = serverName
-	if adminTokenFile != "" {
-		if adminToken, err = config.ReadSecretFile(adminTokenFile); err != nil {
-			return bad(err)
-		}
-	}
-	if adminCert != "" || adminKey != "" || adminToken != "" {
-		if cfg.AdminTLS, err = adminTLS(caFile, adminCert, adminKey); err != nil {
-			return bad(err)
-		}
-		cfg.AdminTLS.ServerName = serverName
-		cfg.AdminToken = adminToken
-	}
-	if doEnroll {
-		if cfg.AdminTLS == nil {
-			return bad(errors.New("-enroll needs -admin-cert and -admin-key, or an admin token"))
-		}
-		enrollCfg.TLS, enrollCfg.Token = cfg.AdminTLS, adminToken
-		s.Enroll = &enrollCfg
-	}
+	logger := cfg.Logger
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -155,11 +93,25 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	return ExitOK
 }
 
-func adminTLS(caFile, certFile, keyFile string) (*tls.Config, error) {
-	if certFile == "" && keyFile == "" {
-		return pki.NodeClientTLS(caFile) // a token authenticates
+// configure completes cfg from the parsed flags: the simulation's, the processes to measure,
+// and the admin credentials for the gateway's peer count.
+func configure(cfg *Config, simFlags *sim.Flags, pids string, logTo io.Writer) error {
+	var err error
+	if cfg.Sim, err = simFlags.Config(logTo); err != nil {
+		return err
 	}
-	return pki.AdminClientTLS(caFile, certFile, keyFile)
+	cfg.Logger = cfg.Sim.Logger
+	if cfg.PIDs, err = ParsePIDs(pids); err != nil {
+		return err
+	}
+	if cfg.AdminTLS, cfg.AdminToken, err = simFlags.Admin(); err != nil {
+		return err
+	}
+	// sim.Run would refuse too, but only after the database and tunnel manager connections.
+	if cfg.Sim.Enroll != nil && cfg.AdminTLS == nil {
+		return errors.New("-enroll needs -admin-cert and -admin-key, or an admin token")
+	}
+	return nil
 }
 
 // writeFile writes through a temporary file renamed into place, readable by all: the report

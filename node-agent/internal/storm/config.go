@@ -18,8 +18,8 @@ const Postgres = "postgres"
 
 // Config of a measured storm.
 type Config struct {
-	// Sim is the simulation to run (nodes, rate, services, TPM cache, enrollment). Its Logger
-	// is wrapped to learn when the storm itself starts.
+	// Sim is the simulation to run (nodes, rate, services, TPM cache, enrollment). Its OnStorm
+	// and OnDone hooks take the readings; hooks already set there are called first.
 	Sim sim.Config
 	// PIDs names the server processes to measure: service name to pid, and Postgres (the
 	// postmaster) for the database cluster.

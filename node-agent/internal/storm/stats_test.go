@@ -2,7 +2,6 @@ package storm
 
 import (
 	"context"
-	"log/slog"
 	"os"
 	"strings"
 	"testing"
@@ -170,38 +169,6 @@ func TestSamplerPeaks(t *testing.T) {
 	for i := 1; i < len(s.peers); i++ {
 		require.GreaterOrEqual(t, s.peers[i].At, s.peers[i-1].At)
 	}
-}
-
-// recorder is a slog.Handler keeping the messages it was given.
-type recorder struct {
-	level slog.Level
-	msgs  *[]string
-}
-
-func (r recorder) Enabled(_ context.Context, l slog.Level) bool { return l >= r.level }
-func (r recorder) Handle(_ context.Context, rec slog.Record) error {
-	*r.msgs = append(*r.msgs, rec.Message)
-	return nil
-}
-func (r recorder) WithAttrs([]slog.Attr) slog.Handler { return r }
-func (r recorder) WithGroup(string) slog.Handler      { return r }
-
-func TestMarkerFiresOnceEvenWhenTheLogIsQuiet(t *testing.T) {
-	t.Parallel()
-	var msgs []string
-	fired := map[string]int{}
-	h := newMarker(recorder{level: slog.LevelWarn, msgs: &msgs}, map[string]func(){
-		markerEnrolled:  func() { fired[markerEnrolled]++ },
-		markerStormDone: func() { fired[markerStormDone]++ },
-	})
-	log := slog.New(h).With("part", "sim") // sim logs through derived loggers too
-	log.Info("TPMs running")
-	log.Info(markerEnrolled, "nodes", 3)
-	log.Info(markerEnrolled)
-	log.Warn("something")
-	log.WithGroup("g").Info(markerStormDone)
-	require.Equal(t, map[string]int{markerEnrolled: 1, markerStormDone: 1}, fired)
-	require.Equal(t, []string{"something"}, msgs, "the quiet handler still gets only what it asked for")
 }
 
 func TestShellJoin(t *testing.T) {

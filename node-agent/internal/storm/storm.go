@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"os"
 	"runtime"
 	"strings"
@@ -99,50 +98,50 @@ func Run(ctx context.Context, cfg Config) (Report, error) {
 		smp           *sampler
 		hookErr       error
 	)
-	startMsg := markerTPMRunning
-	if cfg.Sim.Enroll != nil {
-		startMsg = markerEnrolled
+	// sim calls these synchronously, so the readings are placed exactly around the storm: the
+	// TPMs' start and the enrollment before it, and stopping the swtpm processes after, count
+	// in no figure. Hooks the caller set still run, first.
+	onStorm, onDone := cfg.Sim.OnStorm, cfg.Sim.OnDone
+	cfg.Sim.OnStorm = func() {
+		if onStorm != nil {
+			onStorm()
+		}
+		cfg.Logger.Info("storm about to start: reading the baseline", "settle", cfg.StatsSettle)
+		if err := readDB(&before); err != nil {
+			hookErr = err
+			return
+		}
+		var err error
+		if before.cpu, err = readCPU(cfg.PIDs); err != nil {
+			hookErr = err
+			return
+		}
+		if err := readClient(&before); err != nil {
+			hookErr = err
+			return
+		}
+		before.at = time.Now()
+		smp = startSampler(ctx, before.at, cfg.SampleEvery, cfg.PIDs, gw)
 	}
-	progress := cfg.Sim.Logger
-	if progress == nil {
-		progress = slog.New(slog.DiscardHandler)
+	cfg.Sim.OnDone = func() {
+		if onDone != nil {
+			onDone()
+		}
+		after.at = time.Now()
+		if smp == nil {
+			return
+		}
+		var err error
+		if after.cpu, err = readCPU(cfg.PIDs); err != nil {
+			hookErr = errors.Join(hookErr, err)
+		}
+		hookErr = errors.Join(hookErr, readClient(&after))
+		smp.stop()
 	}
-	cfg.Sim.Logger = slog.New(newMarker(progress.Handler(), map[string]func(){
-		startMsg: func() {
-			cfg.Logger.Info("storm about to start: reading the baseline", "settle", cfg.StatsSettle)
-			if err := readDB(&before); err != nil {
-				hookErr = err
-				return
-			}
-			var err error
-			if before.cpu, err = readCPU(cfg.PIDs); err != nil {
-				hookErr = err
-				return
-			}
-			if err := readClient(&before); err != nil {
-				hookErr = err
-				return
-			}
-			before.at = time.Now()
-			smp = startSampler(ctx, before.at, cfg.SampleEvery, cfg.PIDs, gw)
-		},
-		markerStormDone: func() {
-			after.at = time.Now()
-			if smp == nil {
-				return
-			}
-			var err error
-			if after.cpu, err = readCPU(cfg.PIDs); err != nil {
-				hookErr = errors.Join(hookErr, err)
-			}
-			hookErr = errors.Join(hookErr, readClient(&after))
-			smp.stop()
-		},
-	}))
 
 	simRep, err := sim.Run(ctx, cfg.Sim)
 	if smp != nil && after.cpu == nil {
-		smp.stop() // the storm did not end normally
+		smp.stop() // OnDone's reading failed
 	}
 	switch {
 	case err != nil:
@@ -150,7 +149,7 @@ func Run(ctx context.Context, cfg Config) (Report, error) {
 	case hookErr != nil:
 		return Report{}, hookErr
 	case smp == nil || after.cpu == nil:
-		return Report{}, fmt.Errorf("storm: the simulator never logged %q and %q: the readings could not be placed around the storm", startMsg, markerStormDone)
+		return Report{}, errors.New("storm: the simulator never called its storm hooks: the readings could not be placed around the storm")
 	}
 	cfg.Logger.Info("storm done: reading the database's counters once they settle", "settle", cfg.StatsSettle)
 	if err := readDB(&after); err != nil {
