@@ -1,19 +1,20 @@
 package netnstest
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"os/exec"
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/attestboot/attestboot/services/proctest"
 )
 
 // Process is a program running inside a namespace.
 type Process struct {
 	cmd    *exec.Cmd
-	out    *tailBuffer
+	out    *proctest.Tail
 	exited chan struct{}
 	err    error // valid once exited is closed
 
@@ -54,7 +55,7 @@ func (p *Process) Stop() {
 // must outlive the call; if this process dies the kernel kills it (see Command).
 func (n *NS) Start(name string, args ...string) (*Process, error) {
 	cmd := n.Command(context.Background(), name, args...)
-	p := &Process{cmd: cmd, out: &tailBuffer{max: 16 << 10}, exited: make(chan struct{})}
+	p := &Process{cmd: cmd, out: proctest.NewTail(16 << 10), exited: make(chan struct{})}
 	cmd.Stdout = p.out
 	cmd.Stderr = p.out
 	if err := cmd.Start(); err != nil {
@@ -65,27 +66,4 @@ func (n *NS) Start(name string, args ...string) (*Process, error) {
 		close(p.exited)
 	}()
 	return p, nil
-}
-
-// tailBuffer keeps the last max bytes written to it.
-type tailBuffer struct {
-	mu  sync.Mutex
-	max int
-	buf bytes.Buffer
-}
-
-func (b *tailBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	b.buf.Write(p)
-	if over := b.buf.Len() - b.max; over > 0 {
-		b.buf.Next(over)
-	}
-	return len(p), nil
-}
-
-func (b *tailBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return string(bytes.TrimSpace(b.buf.Bytes()))
 }

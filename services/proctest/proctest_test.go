@@ -22,3 +22,11 @@ func TestExitCode(t *testing.T) {
 	require.Equal(t, 0, ExitCode(exec.Command("true").Run()))
 	require.Equal(t, 3, ExitCode(exec.Command("sh", "-c", "exit 3").Run()))
 }
+
+func TestTailKeepsTheEnd(t *testing.T) {
+	t.Parallel()
+	b := NewTail(5)
+	_, _ = b.Write([]byte("abc"))
+	_, _ = b.Write([]byte("defg\n"))
+	require.Equal(t, "defg", b.String())
+}

@@ -1,7 +1,6 @@
 package tpmtest
 
 import (
-	"bytes"
 	"context"
 	"crypto"
 	"crypto/x509"
@@ -18,6 +17,7 @@ import (
 	"time"
 
 	"github.com/attestboot/attestboot/services/ekcert"
+	"github.com/attestboot/attestboot/services/proctest"
 	"github.com/attestboot/attestboot/services/tpmconn"
 )
 
@@ -32,7 +32,7 @@ type TPM struct {
 	runDir       string
 	cmd          *exec.Cmd
 	exited       chan struct{} // closed when the process has been reaped
-	stderr       *boundedBuffer
+	stderr       *proctest.Tail
 	lease        io.Closer
 	// waitErr is the process's exit; written before exited is closed, read only after.
 	waitErr error
@@ -151,7 +151,7 @@ func (p *Pool) run(ctx context.Context, st *State, ca *CA, lease io.Closer) (*TP
 func (p *Pool) spawn(ctx context.Context, st *State, ca *CA, runDir, stateDir string, lease io.Closer) (*TPM, error) {
 	t := &TPM{
 		index: st.Index, state: st, ca: ca, runDir: runDir, lease: lease,
-		exited: make(chan struct{}), stderr: &boundedBuffer{max: 8 << 10},
+		exited: make(chan struct{}), stderr: proctest.NewTail(8 << 10),
 	}
 	var serverOpt, ctrlOpt string
 	switch p.cfg.Transport {
@@ -268,27 +268,4 @@ func copyDir(src, dst string) error {
 		}
 	}
 	return nil
-}
-
-// boundedBuffer keeps the last max bytes written to it: swtpm's output, for error messages.
-type boundedBuffer struct {
-	mu  sync.Mutex
-	max int
-	buf bytes.Buffer
-}
-
-func (b *boundedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	b.buf.Write(p)
-	if over := b.buf.Len() - b.max; over > 0 {
-		b.buf.Next(over)
-	}
-	return len(p), nil
-}
-
-func (b *boundedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return string(bytes.TrimSpace(b.buf.Bytes()))
 }
