@@ -1,5 +1,11 @@
 package inventory
 
+import (
+	"context"
+
+	"github.com/jackc/pgx/v5"
+)
+
 // Hooks for the external test package.
 var (
 	// MigrateUpFS and MigrateDownFS run the migration runner over a test file system.
@@ -9,3 +15,15 @@ var (
 	// schema with SQL the store does not (yet) offer.
 	DBError = dbError
 )
+
+// GroupQueued is how many GroupTx callers wait for the next shared transaction.
+func GroupQueued(s *Store) int {
+	s.group.mu.Lock()
+	defer s.group.mu.Unlock()
+	return len(s.group.queue)
+}
+
+// QueryRowForTest runs raw SQL on q (the pool, a transaction or a savepoint).
+func (q *Queries) QueryRowForTest(ctx context.Context, sql string, args ...any) pgx.Row {
+	return q.db.QueryRow(ctx, sql, args...)
+}

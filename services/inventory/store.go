@@ -48,6 +48,7 @@ type Store struct {
 	*Queries
 	pool  *pgxpool.Pool
 	clock clock.Clock
+	group grouper // GroupTx's queue
 }
 
 // New returns a store over pool. The schema must already be migrated (see Migrate).

@@ -114,9 +114,9 @@ func quoteRefusal(err error) *refusal {
 	return refuse(codes.Internal, "internal", err)
 }
 
-// record writes the refusal's event (inside the caller's transaction when q is one), logs it,
-// and returns the status for the caller.
-func (s *Server) record(ctx context.Context, q *inventory.Queries, nodeID string, r *refusal, detail map[string]any) error {
+// record writes the refusal's event (in a commit shared with other callers: a flood of bad
+// requests costs no commit each), logs it, and returns the status for the caller.
+func (s *Server) record(ctx context.Context, nodeID string, r *refusal, detail map[string]any) error {
 	if r.code == codes.Internal {
 		s.logger.ErrorContext(ctx, "attestation failed", "node", nodeID, "err", r.err)
 		return status.Error(codes.Internal, "internal error")
@@ -126,7 +126,7 @@ func (s *Server) record(ctx context.Context, q *inventory.Queries, nodeID string
 		detail = map[string]any{}
 	}
 	detail["code"] = r.code.String()
-	if _, err := q.AppendEvent(ctx, inventory.Event{
+	if _, err := s.store.AppendEventGrouped(ctx, inventory.Event{
 		NodeID: eventNodeID(nodeID), Kind: KindRefused, Service: "attestor", Reason: r.reason, Detail: detail,
 	}); err != nil {
 		s.logger.ErrorContext(ctx, "record refusal", "node", nodeID, "reason", r.reason, "err", err)

@@ -123,7 +123,7 @@ func (s *Server) BeginAttestation(ctx context.Context, req *attestorv1.BeginAtte
 	nodeID := req.GetNodeId()
 	resp, r := s.begin(ctx, req)
 	if r != nil {
-		return nil, s.record(ctx, s.store.Queries, nodeID, r, map[string]any{"step": "begin"})
+		return nil, s.record(ctx, nodeID, r, map[string]any{"step": "begin"})
 	}
 	return resp, nil
 }
@@ -189,8 +189,12 @@ func (s *Server) begin(ctx context.Context, req *attestorv1.BeginAttestationRequ
 		Detail: map[string]any{"ek_sha256": fmt.Sprintf("%x", id.SHA256)}}
 	var sess inventory.Session
 	if enroll == nil {
-		// The common case: one round trip, one implicit transaction.
-		sess, err = s.store.CreateSession(ctx, session, s.cfg.SessionTTL, begun)
+		// The common case: one round trip, in a commit shared with the other nodes beginning now.
+		err = s.store.GroupTx(ctx, func(q *inventory.Queries) error {
+			var err error
+			sess, err = q.CreateSession(ctx, session, s.cfg.SessionTTL, begun)
+			return err
+		})
 	} else {
 		err = s.store.InTx(ctx, func(q *inventory.Queries) error {
 			if _, _, err := q.Enroll(ctx, *enroll); err != nil {
@@ -225,19 +229,24 @@ func (s *Server) begin(ctx context.Context, req *attestorv1.BeginAttestationRequ
 // checks the secret and the quotes, and records the attestation.
 func (s *Server) CompleteAttestation(ctx context.Context, req *attestorv1.CompleteAttestationRequest) (*attestorv1.CompleteAttestationResponse, error) {
 	if r := validateComplete(req); r != nil {
-		return nil, s.record(ctx, s.store.Queries, "", r, map[string]any{"step": "complete"})
+		return nil, s.record(ctx, "", r, map[string]any{"step": "complete"})
 	}
 	sess, r := s.complete(ctx, req)
 	if r != nil {
-		return nil, s.record(ctx, s.store.Queries, sess.NodeID, r, map[string]any{"step": "complete", "session_id": req.GetSessionId()})
+		return nil, s.record(ctx, sess.NodeID, r, map[string]any{"step": "complete", "session_id": req.GetSessionId()})
 	}
 	// The session is already spent; if this insert fails the node begins again.
-	a, err := s.store.CreateAttestation(ctx, inventory.Attestation{
-		SessionID: sess.ID, NodeID: sess.NodeID, EKSHA256: sess.EKSHA256, AKSHA256: sess.AKSHA256,
-		WireGuardPublicKey: sess.WireGuardPublicKey,
-	}, s.cfg.AttestationTTL, inventory.Event{
-		NodeID: sess.NodeID, Kind: KindPassed, Service: "attestor",
-		Detail: map[string]any{inventory.AttestationIDKey: "", "session_id": sess.ID},
+	var a inventory.Attestation
+	err := s.store.GroupTx(ctx, func(q *inventory.Queries) error {
+		var err error
+		a, err = q.CreateAttestation(ctx, inventory.Attestation{
+			SessionID: sess.ID, NodeID: sess.NodeID, EKSHA256: sess.EKSHA256, AKSHA256: sess.AKSHA256,
+			WireGuardPublicKey: sess.WireGuardPublicKey,
+		}, s.cfg.AttestationTTL, inventory.Event{
+			NodeID: sess.NodeID, Kind: KindPassed, Service: "attestor",
+			Detail: map[string]any{inventory.AttestationIDKey: "", "session_id": sess.ID},
+		})
+		return err
 	})
 	if err != nil {
 		s.logger.ErrorContext(ctx, "record attestation", "session", sess.ID, "err", err)
@@ -274,7 +283,15 @@ func validateComplete(req *attestorv1.CompleteAttestationRequest) *refusal {
 // the answer. It returns the session (for the event's node id, when known) and a refusal, or no
 // refusal when the attestation passed.
 func (s *Server) complete(ctx context.Context, req *attestorv1.CompleteAttestationRequest) (inventory.Session, *refusal) {
-	sess, c, err := s.store.TakeSessionForCompletion(ctx, req.GetSessionId())
+	var (
+		sess inventory.Session
+		c    inventory.Completion
+	)
+	err := s.store.GroupTx(ctx, func(q *inventory.Queries) error {
+		var err error
+		sess, c, err = q.TakeSessionForCompletion(ctx, req.GetSessionId())
+		return err
+	})
 	switch {
 	case errors.Is(err, inventory.ErrNotFound):
 		return sess, refuse(codes.FailedPrecondition, ReasonSessionUnknown, err)

@@ -131,7 +131,7 @@ func (s *Server) phoneHome(w http.ResponseWriter, r *http.Request, node inventor
 	for _, k := range rep.Keys {
 		types = append(types, k.Type)
 	}
-	err = s.store.InTx(ctx, func(q *inventory.Queries) error {
+	err = s.store.GroupTx(ctx, func(q *inventory.Queries) error {
 		if _, err := q.MarkPhonedHome(ctx, tun.ID); err != nil {
 			return err
 		}

@@ -43,7 +43,9 @@ func (a adminAPI) CloseTunnel(ctx context.Context, req *tunnelmgrv1.CloseTunnelR
 		t       inventory.Tunnel
 		changed bool
 	)
-	err := s.store.InTx(ctx, func(q *inventory.Queries) error {
+	// Closes come in crowds (every node of a storm phones home within seconds): they share
+	// commits.
+	err := s.store.GroupTx(ctx, func(q *inventory.Queries) error {
 		var err error
 		switch target := req.GetTarget().(type) {
 		case *tunnelmgrv1.CloseTunnelRequest_TunnelId:

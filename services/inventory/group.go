@@ -1,0 +1,149 @@
+package inventory
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// Group commit: under a boot storm thousands of small, independent write transactions (an
+// event, a tunnel close, a phone-home) arrive at once, and each commit is a WAL flush. GroupTx
+// runs them in a transaction they share, each in its own savepoint, so many callers' writes
+// cost one commit while each caller still gets its own all-or-nothing outcome.
+
+const (
+	// maxGroup bounds the callers of one shared transaction: its locks are held, and its
+	// callers wait, until the last of them has run.
+	maxGroup = 256
+	// groupTimeout bounds one shared transaction.
+	groupTimeout = 30 * time.Second
+)
+
+// groupJob is one caller of GroupTx.
+type groupJob struct {
+	ctx  context.Context
+	fn   func(q *Queries) error
+	done chan error
+}
+
+// grouper queues GroupTx callers for the goroutine that runs them; that goroutine exists only
+// while there is work, so a Store needs no Close for it.
+type grouper struct {
+	mu      sync.Mutex
+	queue   []*groupJob
+	running bool
+}
+
+// GroupTx runs fn atomically, like InTx, but in a transaction shared with other concurrent
+// callers of GroupTx (group commit). fn runs in a savepoint of its own: if it returns an error
+// (or a statement fails) its changes are rolled back and the others' are not. GroupTx returns
+// when the shared transaction has committed — fn's changes are then durable like InTx's — or
+// with fn's error, or with the commit's error, in which case nothing of fn's stayed.
+//
+// The price is latency: fn waits for the callers queued before it. Use it for short writes
+// whose callers are many and independent; fn must not wait for anything but the database, and
+// must not take locks others hold for long (they would be held by the whole group).
+// fn must not call GroupTx itself. If ctx ends before fn starts, fn is not run; once started it runs to its end under the
+// group's context, so that one caller's cancellation cannot break the others' transaction.
+func (s *Store) GroupTx(ctx context.Context, fn func(q *Queries) error) error {
+	j := &groupJob{ctx: ctx, fn: fn, done: make(chan error, 1)}
+	g := &s.group
+	g.mu.Lock()
+	g.queue = append(g.queue, j)
+	start := !g.running
+	g.running = true
+	g.mu.Unlock()
+	if start {
+		go s.runGroups()
+	}
+	return <-j.done
+}
+
+// runGroups runs queued callers, up to maxGroup per transaction, until the queue is empty.
+func (s *Store) runGroups() {
+	g := &s.group
+	for {
+		g.mu.Lock()
+		n := min(len(g.queue), maxGroup)
+		if n == 0 {
+			g.running = false
+			g.mu.Unlock()
+			return
+		}
+		jobs := g.queue[:n:n]
+		g.queue = g.queue[n:]
+		g.mu.Unlock()
+		s.runGroup(jobs)
+	}
+}
+
+func (s *Store) runGroup(jobs []*groupJob) {
+	ctx, cancel := context.WithTimeout(context.Background(), groupTimeout)
+	defer cancel()
+	errs := make([]error, len(jobs))
+	ran := 0
+	err := s.InTx(ctx, func(q *Queries) error {
+		tx := q.db.(pgx.Tx)
+		for i, j := range jobs {
+			if err := j.ctx.Err(); err != nil {
+				errs[i] = err
+				continue
+			}
+			errs[i] = savepoint(ctx, tx, s, j.fn)
+			if errs[i] == nil {
+				ran++
+			}
+		}
+		return nil
+	})
+	for i, j := range jobs {
+		switch {
+		case errs[i] != nil:
+			j.done <- errs[i]
+		case err != nil:
+			j.done <- fmt.Errorf("group transaction of %d: %w", ran, err)
+		default:
+			j.done <- nil
+		}
+	}
+}
+
+// savepoint runs fn in a savepoint of tx, released if fn succeeds and rolled back otherwise
+// (also when fn panics: the panic is the caller's error, not the end of the others' group).
+func savepoint(ctx context.Context, tx pgx.Tx, s *Store, fn func(q *Queries) error) (err error) {
+	sp, err := tx.Begin(ctx)
+	if err != nil {
+		return dbError("savepoint", err)
+	}
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("group transaction: panic: %v", p)
+			if rerr := sp.Rollback(ctx); rerr != nil {
+				err = errors.Join(err, dbError("rollback to savepoint", rerr))
+			}
+		}
+	}()
+	if err := fn(&Queries{db: sp, clock: s.clock}); err != nil {
+		if rerr := sp.Rollback(ctx); rerr != nil {
+			return errors.Join(err, dbError("rollback to savepoint", rerr))
+		}
+		return err
+	}
+	return dbError("release savepoint", sp.Commit(ctx))
+}
+
+// AppendEventGrouped is AppendEvent through GroupTx: for the events of many independent
+// callers (refusals, deliveries), which need their own record but not their own commit.
+func (s *Store) AppendEventGrouped(ctx context.Context, e Event) (Event, error) {
+	var out Event
+	err := s.GroupTx(ctx, func(q *Queries) error {
+		var err error
+		out, err = q.AppendEvent(ctx, e)
+		return err
+	})
+	return out, err
+}

@@ -1,0 +1,168 @@
+package inventory_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/attestboot/attestboot/services/inventory"
+)
+
+// TestGroupTxSharesOneCommit: callers queued while a shared transaction runs all go into the
+// next one — one transaction id for all of them — and each one's write is there afterwards.
+func TestGroupTxSharesOneCommit(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx := t.Context()
+	const n = 100
+
+	xids := make([]uint64, n)
+	release := hold(t, b.store)
+	var wg sync.WaitGroup
+	errs := make([]error, n)
+	for i := range n {
+		wg.Go(func() {
+			errs[i] = b.store.GroupTx(ctx, func(q *inventory.Queries) error {
+				if _, err := q.CreateNode(ctx, inventory.Node{ID: fmt.Sprintf("g%03d", i), Enabled: true}); err != nil {
+					return err
+				}
+				return q.QueryRowForTest(ctx, "SELECT pg_current_xact_id()::text::bigint").Scan(&xids[i])
+			})
+		})
+	}
+	for inventory.GroupQueued(b.store) < n {
+		time.Sleep(time.Millisecond)
+	}
+	release()
+	wg.Wait()
+	for i, err := range errs {
+		require.NoError(t, err, "caller %d", i)
+	}
+	distinct := map[uint64]bool{}
+	for _, x := range xids {
+		distinct[x] = true
+	}
+	require.Len(t, distinct, 1, "the %d callers queued behind a running group share the next transaction", n)
+	var count int
+	require.NoError(t, b.pool.QueryRow(ctx, "SELECT count(*) FROM nodes WHERE id LIKE 'g%'").Scan(&count))
+	require.Equal(t, n, count)
+}
+
+// hold starts a GroupTx caller that blocks its group until release is called, so that the
+// callers after it queue for the next group; release waits for it to end.
+func hold(t *testing.T, s *inventory.Store) (release func()) {
+	t.Helper()
+	running, unblock, done := make(chan struct{}), make(chan struct{}), make(chan error, 1)
+	go func() {
+		done <- s.GroupTx(t.Context(), func(q *inventory.Queries) error {
+			close(running)
+			<-unblock
+			return nil
+		})
+	}()
+	<-running
+	return func() {
+		close(unblock)
+		require.NoError(t, <-done)
+	}
+}
+
+// TestGroupTxIsolatesFailures: a caller that fails — by its own error, a statement the
+// database refuses, or a panic — leaves nothing behind and gets its error; the callers sharing
+// its transaction are not touched.
+func TestGroupTxIsolatesFailures(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx := t.Context()
+	_, err := b.store.CreateNode(ctx, inventory.Node{ID: "taken", Enabled: true})
+	require.NoError(t, err)
+
+	errOwn := errors.New("changed my mind")
+	cases := []func(q *inventory.Queries) error{
+		func(q *inventory.Queries) error { // fine
+			_, err := q.CreateNode(ctx, inventory.Node{ID: "ok1", Enabled: true})
+			return err
+		},
+		func(q *inventory.Queries) error { // writes, then refuses
+			if _, err := q.CreateNode(ctx, inventory.Node{ID: "undone1", Enabled: true}); err != nil {
+				return err
+			}
+			return errOwn
+		},
+		func(q *inventory.Queries) error { // writes, then a statement fails
+			if _, err := q.CreateNode(ctx, inventory.Node{ID: "undone2", Enabled: true}); err != nil {
+				return err
+			}
+			_, err := q.CreateNode(ctx, inventory.Node{ID: "taken", Enabled: true})
+			return err
+		},
+		func(q *inventory.Queries) error { // writes, then panics
+			if _, err := q.CreateNode(ctx, inventory.Node{ID: "undone3", Enabled: true}); err != nil {
+				return err
+			}
+			panic("bug")
+		},
+		func(q *inventory.Queries) error { // fine, after the failures
+			_, err := q.CreateNode(ctx, inventory.Node{ID: "ok2", Enabled: true})
+			return err
+		},
+	}
+	// Queued behind a caller that waits for all of them, they share one transaction.
+	release := hold(t, b.store)
+	errs := make([]error, len(cases))
+	var wg sync.WaitGroup
+	for i, fn := range cases {
+		// In order: each waits until the one before it queued.
+		for inventory.GroupQueued(b.store) < i {
+			time.Sleep(time.Millisecond)
+		}
+		wg.Go(func() { errs[i] = b.store.GroupTx(ctx, fn) })
+	}
+	for inventory.GroupQueued(b.store) < len(cases) {
+		time.Sleep(time.Millisecond)
+	}
+	release()
+	wg.Wait()
+
+	require.NoError(t, errs[0])
+	require.ErrorIs(t, errs[1], errOwn)
+	require.ErrorIs(t, errs[2], inventory.ErrConflict)
+	require.ErrorContains(t, errs[3], "panic: bug")
+	require.NoError(t, errs[4])
+	rows, err := b.pool.Query(ctx, "SELECT id FROM nodes ORDER BY id")
+	require.NoError(t, err)
+	var ids []string
+	for rows.Next() {
+		var id string
+		require.NoError(t, rows.Scan(&id))
+		ids = append(ids, id)
+	}
+	require.NoError(t, rows.Err())
+	require.Equal(t, []string{"ok1", "ok2", "taken"}, ids)
+}
+
+// TestGroupTxSkipsEndedCallers: a caller whose context ended while it waited is not run.
+func TestGroupTxSkipsEndedCallers(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx := t.Context()
+	release := hold(t, b.store)
+	gone, cancel := context.WithCancel(ctx)
+	ran := false
+	done := make(chan error, 1)
+	go func() {
+		done <- b.store.GroupTx(gone, func(q *inventory.Queries) error { ran = true; return nil })
+	}()
+	for inventory.GroupQueued(b.store) < 1 {
+		time.Sleep(time.Millisecond)
+	}
+	cancel()
+	release()
+	require.ErrorIs(t, <-done, context.Canceled)
+	require.False(t, ran)
+}
