@@ -5,7 +5,7 @@
 set -euo pipefail
 
 packages=(postgresql swtpm swtpm-tools tpm2-tools wireguard-go wireguard-tools iproute2 docker-compose cloud-init
-	util-linux procps coreutils systemd openssh-client)
+	util-linux procps coreutils systemd openssh-client curl)
 
 missing=()
 for p in "${packages[@]}"; do

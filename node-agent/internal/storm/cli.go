@@ -49,6 +49,7 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&jsonFile, "json", "", "write the report as JSON to this file")
 	fs.StringVar(&svgFile, "svg", "", "draw nodes completed over time per phase as SVG into this file")
 	fs.DurationVar(&cfg.SampleEvery, "sample-every", 250*time.Millisecond, "sampling period of the gateway's peers and the services' memory")
+	fs.StringVar(&cfg.CPUProfile, "cpuprofile", "", "write the simulator's CPU profile of the storm (first arrival to last node) to this file")
 	fs.DurationVar(&cfg.StatsSettle, "stats-settle", 11*time.Second, "wait before reading pg_stat_database (Postgres flushes idle backends' statistics after 10 s)")
 	if err := config.Parse(fs, "STORM", args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {

@@ -37,6 +37,10 @@ type Config struct {
 	// storm: a Postgres 15 backend flushes its statistics at most once a second while busy and
 	// ten seconds after going idle, so an earlier reading misses transactions. Default 11 s.
 	StatsSettle time.Duration
+	// CPUProfile, if set, is where the simulator's own CPU profile of the storm goes (from the
+	// first arrival to the last node's end): what the simulated nodes cost, to tell it apart from
+	// the servers' (whose profiles their /debug/pprof gives).
+	CPUProfile string
 	// Command is the command line, recorded in the report.
 	Command []string
 	// Logger receives progress (default: discarded).

@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"runtime"
+	"runtime/pprof"
 	"strings"
 	"time"
 
@@ -97,6 +98,7 @@ func Run(ctx context.Context, cfg Config) (Report, error) {
 		before, after readings
 		smp           *sampler
 		hookErr       error
+		stopProfile   func() error
 	)
 	// sim calls these synchronously, so the readings are placed exactly around the storm: the
 	// TPMs' start and the enrollment before it, and stopping the swtpm processes after, count
@@ -120,6 +122,12 @@ func Run(ctx context.Context, cfg Config) (Report, error) {
 			hookErr = err
 			return
 		}
+		if cfg.CPUProfile != "" {
+			if stopProfile, err = startCPUProfile(cfg.CPUProfile); err != nil {
+				hookErr = err
+				return
+			}
+		}
 		before.at = time.Now()
 		smp = startSampler(ctx, before.at, cfg.SampleEvery, cfg.PIDs, gw)
 	}
@@ -130,6 +138,10 @@ func Run(ctx context.Context, cfg Config) (Report, error) {
 		after.at = time.Now()
 		if smp == nil {
 			return
+		}
+		if stopProfile != nil {
+			hookErr = errors.Join(hookErr, stopProfile())
+			stopProfile = nil
 		}
 		var err error
 		if after.cpu, err = readCPU(cfg.PIDs); err != nil {
@@ -142,6 +154,9 @@ func Run(ctx context.Context, cfg Config) (Report, error) {
 	simRep, err := sim.Run(ctx, cfg.Sim)
 	if smp != nil && after.cpu == nil {
 		smp.stop() // OnDone's reading failed
+	}
+	if stopProfile != nil {
+		hookErr = errors.Join(hookErr, stopProfile())
 	}
 	switch {
 	case err != nil:
@@ -244,3 +259,19 @@ func (t bearerToken) GetRequestMetadata(context.Context, ...string) (map[string]
 
 // RequireTransportSecurity keeps the token off connections without TLS.
 func (bearerToken) RequireTransportSecurity() bool { return true }
+
+// startCPUProfile profiles this process into path until the returned stop is called.
+func startCPUProfile(path string) (stop func() error, err error) {
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, fmt.Errorf("storm: CPU profile: %w", err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("storm: CPU profile: %w", err)
+	}
+	return func() error {
+		pprof.StopCPUProfile()
+		return f.Close()
+	}, nil
+}
