@@ -48,7 +48,7 @@ func TestStormTakesNodesimFlags(t *testing.T) {
 		require.Contains(t, nodesim, name)
 	}
 	own := slices.DeleteFunc(slices.Clone(storm), func(n string) bool { return slices.Contains(shared, n) })
-	require.ElementsMatch(t, []string{"pids", "database-url", "json", "svg", "sample-every", "stats-settle"}, own)
+	require.ElementsMatch(t, []string{"pids", "database-url", "json", "svg", "sample-every", "stats-settle", "cpuprofile"}, own)
 	require.NotContains(t, storm, "table", "nodesim's per-node table is not storm's")
 	require.Contains(t, usage, "admin client certificate: for -enroll and the gateway's peer count (env STORM_ADMIN_CERT)")
 	require.Contains(t, usage, "(secret: environment only) (env STORM_ADMIN_TOKEN)")

@@ -18,10 +18,15 @@ type DBStats struct {
 	TupInserted  int64 `json:"tup_inserted"`
 	TupUpdated   int64 `json:"tup_updated"`
 	TupDeleted   int64 `json:"tup_deleted"`
-	// WriteXacts is the advance of the cluster's transaction id counter: Postgres assigns an
-	// id only to a transaction that writes, so this counts write transactions exactly, and,
-	// unlike pg_stat_database, without waiting for backends to flush their statistics.
+	// XIDs is the advance of the cluster's transaction id counter: Postgres assigns an id only
+	// to a transaction that writes — and to each savepoint in it that writes, so with group
+	// commit (inventory.GroupTx) it counts more than the commits.
+	XIDs int64 `json:"transaction_ids"`
+	// WriteXacts is the number of commit records in the WAL: the committed write transactions,
+	// exactly (needs pg_walinspect; -1 without it).
 	WriteXacts int64 `json:"write_transactions"`
+	// WALFlushed is the WAL position up to which the reading counts commits.
+	WALFlushed string `json:"-"`
 }
 
 // Sub returns s - before, counter by counter.
@@ -32,7 +37,8 @@ func (s DBStats) Sub(before DBStats) DBStats {
 		TupInserted:  s.TupInserted - before.TupInserted,
 		TupUpdated:   s.TupUpdated - before.TupUpdated,
 		TupDeleted:   s.TupDeleted - before.TupDeleted,
-		WriteXacts:   s.WriteXacts - before.WriteXacts,
+		XIDs:         s.XIDs - before.XIDs,
+		WriteXacts:   -1,
 	}
 }
 
@@ -50,13 +56,43 @@ func readDBStats(ctx context.Context, q querier) (DBStats, error) {
 	var s DBStats
 	err := q.QueryRow(ctx, `
 		SELECT xact_commit, xact_rollback, tup_inserted, tup_updated, tup_deleted,
-		       pg_snapshot_xmax(pg_current_snapshot())::text::bigint
+		       pg_snapshot_xmax(pg_current_snapshot())::text::bigint, pg_current_wal_flush_lsn()::text
 		FROM pg_stat_database WHERE datname = current_database()`).
-		Scan(&s.XactCommit, &s.XactRollback, &s.TupInserted, &s.TupUpdated, &s.TupDeleted, &s.WriteXacts)
+		Scan(&s.XactCommit, &s.XactRollback, &s.TupInserted, &s.TupUpdated, &s.TupDeleted, &s.XIDs, &s.WALFlushed)
 	if err != nil {
 		return DBStats{}, fmt.Errorf("storm: read pg_stat_database: %w", err)
 	}
 	return s, nil
+}
+
+// walInspectAvailable says whether pg_walinspect is installed in the database (scripts/bench
+// creates it).
+func walInspectAvailable(ctx context.Context, q querier) bool {
+	var n int
+	err := q.QueryRow(ctx, `SELECT count(*) FROM pg_extension WHERE extname = 'pg_walinspect'`).Scan(&n)
+	return err == nil && n > 0
+}
+
+// walCommits counts the commit records written to the WAL between two positions: exactly the
+// committed write transactions of the whole cluster (a savepoint writes no commit record of its
+// own, a read-only transaction none at all).
+func walCommits(ctx context.Context, q querier, from, to string) (int64, error) {
+	// pg_walinspect refuses a start at or past the flushed end: nothing was written since.
+	var advanced bool
+	if err := q.QueryRow(ctx, `SELECT $1::pg_lsn < $2::pg_lsn`, from, to).Scan(&advanced); err != nil {
+		return 0, fmt.Errorf("storm: compare WAL positions: %w", err)
+	}
+	if !advanced {
+		return 0, nil
+	}
+	var n int64
+	err := q.QueryRow(ctx, `
+		SELECT COALESCE(sum(count), 0)::bigint FROM pg_get_wal_stats($1::pg_lsn, $2::pg_lsn, true)
+		WHERE "resource_manager/record_type" = 'Transaction/COMMIT'`, from, to).Scan(&n)
+	if err != nil {
+		return 0, fmt.Errorf("storm: count commit records in the WAL: %w", err)
+	}
+	return n, nil
 }
 
 // Statement is one normalized statement's share of the storm, from pg_stat_statements.

@@ -24,8 +24,15 @@ func TestDBStatsCountWhatWasWritten(t *testing.T) {
 		return c
 	}
 	reader, writer := connect(), connect()
-	_, err := writer.Exec(ctx, `CREATE TABLE t (id int PRIMARY KEY, v int)`)
+	// The commits must reach the flushed WAL, where the commit count reads them, now.
+	_, err := writer.Exec(ctx, `SET synchronous_commit = on`)
 	require.NoError(t, err)
+	_, err = writer.Exec(ctx, `CREATE TABLE t (id int PRIMARY KEY, v int)`)
+	require.NoError(t, err)
+	require.False(t, walInspectAvailable(ctx, reader))
+	_, err = writer.Exec(ctx, `CREATE EXTENSION pg_walinspect`)
+	require.NoError(t, err)
+	require.True(t, walInspectAvailable(ctx, reader))
 	// The table's creation wrote catalog rows; flush them before the baseline.
 	flush := func() {
 		_, err := writer.Exec(ctx, `SELECT pg_stat_force_next_flush()`)
@@ -46,14 +53,18 @@ func TestDBStatsCountWhatWasWritten(t *testing.T) {
 	require.NoError(t, err)
 	_, err = tx.Exec(ctx, `UPDATE t SET v = 1 WHERE id <= 3`)
 	require.NoError(t, err)
-	_, err = tx.Exec(ctx, `DELETE FROM t WHERE id > 8`)
+	// A savepoint that writes takes a transaction id of its own, but adds no commit.
+	sp, err := tx.Begin(ctx)
 	require.NoError(t, err)
+	_, err = sp.Exec(ctx, `DELETE FROM t WHERE id > 8`)
+	require.NoError(t, err)
+	require.NoError(t, sp.Commit(ctx))
 	require.NoError(t, tx.Commit(ctx))
 	flush()
 
-	var d DBStats
+	var d, after DBStats
 	require.Eventually(t, func() bool {
-		after, err := readDBStats(ctx, reader)
+		after, err = readDBStats(ctx, reader)
 		require.NoError(t, err)
 		d = after.Sub(before)
 		return d.TupDeleted == 2
@@ -61,7 +72,14 @@ func TestDBStatsCountWhatWasWritten(t *testing.T) {
 	require.EqualValues(t, 10, d.TupInserted)
 	require.EqualValues(t, 3, d.TupUpdated)
 	require.EqualValues(t, 15, d.RowsWritten())
-	require.EqualValues(t, 2, d.WriteXacts, "two writing transactions took two transaction ids; reads took none")
+	require.EqualValues(t, 3, d.XIDs, "two writing transactions and a writing savepoint took transaction ids; reads took none")
+	require.EqualValues(t, -1, d.WriteXacts, "commits are counted from the WAL, not by Sub")
+	commits, err := walCommits(ctx, reader, before.WALFlushed, after.WALFlushed)
+	require.NoError(t, err)
+	require.EqualValues(t, 2, commits, "two commit records: the savepoint has none, the reads none")
+	commits, err = walCommits(ctx, reader, after.WALFlushed, after.WALFlushed)
+	require.NoError(t, err)
+	require.Zero(t, commits, "no WAL written, no commit")
 	require.GreaterOrEqual(t, d.XactCommit, int64(4), "both writes and the flushing reads committed")
 
 	ok, note := statementsAvailable(ctx, reader)

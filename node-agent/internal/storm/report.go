@@ -95,7 +95,8 @@ type ProcessMem struct {
 type DBFigures struct {
 	Delta DBStats `json:"delta"`
 	// Per node: all transactions (committed and rolled back, reads included), write
-	// transactions, and rows inserted, updated or deleted.
+	// transactions (commit records in the WAL; without pg_walinspect, transaction ids, which
+	// count writing savepoints too), and rows inserted, updated or deleted.
 	XactsPerNode      float64     `json:"transactions_per_node"`
 	WriteXactsPerNode float64     `json:"write_transactions_per_node"`
 	RowsPerNode       float64     `json:"rows_written_per_node"`
@@ -138,10 +139,14 @@ func machineFigures(servers []ProcessCPU, before, after readings, nodes int) Mac
 }
 
 func dbFigures(delta DBStats, nodes int) *DBFigures {
+	writes := delta.WriteXacts
+	if writes < 0 {
+		writes = delta.XIDs
+	}
 	return &DBFigures{
 		Delta:             delta,
 		XactsPerNode:      perNode(float64(delta.XactCommit+delta.XactRollback), nodes),
-		WriteXactsPerNode: perNode(float64(delta.WriteXacts), nodes),
+		WriteXactsPerNode: perNode(float64(writes), nodes),
 		RowsPerNode:       perNode(float64(delta.RowsWritten()), nodes),
 	}
 }
@@ -181,8 +186,12 @@ func (r *Report) WriteText(w io.Writer) error {
 	fmt.Fprintf(w, "machine: %.1f of %.1f CPU s busy: servers %.1f, simulator %.1f (%.2f ms/node), swtpm %.1f (%.2f ms/node), other %.1f\n",
 		c.BusySeconds, c.CapacitySeconds, c.ServersSeconds, c.SimulatorSeconds, c.SimulatorMSPerNode, c.SWTPMSeconds, c.SWTPMMSPerNode, c.OtherSeconds)
 	if d := r.DB; d != nil {
-		fmt.Fprintf(w, "postgres: %.2f transactions/node (%.2f writing), %.2f rows written/node (%d ins, %d upd, %d del)\n",
-			d.XactsPerNode, d.WriteXactsPerNode, d.RowsPerNode, d.Delta.TupInserted, d.Delta.TupUpdated, d.Delta.TupDeleted)
+		writes := "commits in the WAL"
+		if d.Delta.WriteXacts < 0 {
+			writes = "transaction ids: no pg_walinspect"
+		}
+		fmt.Fprintf(w, "postgres: %.2f transactions/node (%.2f writing, %s), %.2f rows written/node (%d ins, %d upd, %d del)\n",
+			d.XactsPerNode, d.WriteXactsPerNode, writes, d.RowsPerNode, d.Delta.TupInserted, d.Delta.TupUpdated, d.Delta.TupDeleted)
 		if d.StatementsNote != "" {
 			fmt.Fprintf(w, "pg_stat_statements: %s\n", d.StatementsNote)
 		}

@@ -38,15 +38,19 @@ func TestCPUFiguresPerNode(t *testing.T) {
 
 func TestDBStatsDeltaPerNode(t *testing.T) {
 	t.Parallel()
-	before := DBStats{XactCommit: 100, XactRollback: 1, TupInserted: 10, TupUpdated: 5, TupDeleted: 0, WriteXacts: 700}
-	after := DBStats{XactCommit: 1100, XactRollback: 3, TupInserted: 410, TupUpdated: 205, TupDeleted: 100, WriteXacts: 1100}
+	before := DBStats{XactCommit: 100, XactRollback: 1, TupInserted: 10, TupUpdated: 5, TupDeleted: 0, XIDs: 700}
+	after := DBStats{XactCommit: 1100, XactRollback: 3, TupInserted: 410, TupUpdated: 205, TupDeleted: 100, XIDs: 1100}
 	d := after.Sub(before)
-	require.Equal(t, DBStats{XactCommit: 1000, XactRollback: 2, TupInserted: 400, TupUpdated: 200, TupDeleted: 100, WriteXacts: 400}, d)
+	require.Equal(t, DBStats{XactCommit: 1000, XactRollback: 2, TupInserted: 400, TupUpdated: 200, TupDeleted: 100, XIDs: 400, WriteXacts: -1}, d)
 	require.EqualValues(t, 700, d.RowsWritten())
 	f := dbFigures(d, 100)
 	require.InDelta(t, 10.02, f.XactsPerNode, 1e-9)
-	require.InDelta(t, 4.0, f.WriteXactsPerNode, 1e-9)
+	require.InDelta(t, 4.0, f.WriteXactsPerNode, 1e-9, "without the WAL's commit count, the transaction ids")
 	require.InDelta(t, 7.0, f.RowsPerNode, 1e-9)
+	d.WriteXacts = 150
+	require.InDelta(t, 1.5, dbFigures(d, 100).WriteXactsPerNode, 1e-9, "the WAL's commit count when there is one")
+	d.WriteXacts = 0
+	require.Zero(t, dbFigures(d, 100).WriteXactsPerNode, "no commit at all is no commit")
 }
 
 func TestStatementDeltaKeepsWhatRanMostExpensiveFirst(t *testing.T) {

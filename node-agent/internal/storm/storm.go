@@ -52,9 +52,10 @@ func Run(ctx context.Context, cfg Config) (Report, error) {
 		}
 		defer db.Close(context.Background())
 	}
-	stmtsOK, stmtsNote := false, ""
+	stmtsOK, stmtsNote, walOK := false, "", false
 	if db != nil {
 		stmtsOK, stmtsNote = statementsAvailable(ctx, db)
+		walOK = walInspectAvailable(ctx, db)
 	}
 	var gw gatewayStatus
 	if cfg.AdminTLS != nil {
@@ -181,7 +182,13 @@ func Run(ctx context.Context, cfg Config) (Report, error) {
 	}
 	rep.Machine.CPU = machineFigures(rep.CPU, before, after, simRep.Nodes)
 	if db != nil {
-		rep.DB = dbFigures(after.db.Sub(before.db), simRep.Nodes)
+		delta := after.db.Sub(before.db)
+		if walOK {
+			if delta.WriteXacts, err = walCommits(ctx, db, before.db.WALFlushed, after.db.WALFlushed); err != nil {
+				return Report{}, err
+			}
+		}
+		rep.DB = dbFigures(delta, simRep.Nodes)
 		rep.DB.StatementsNote = stmtsNote
 		if stmtsOK {
 			rep.DB.Statements = statementDelta(before.stmts, after.stmts, statementLimit)
