@@ -122,7 +122,16 @@ func (m *metadataClient) awaitPhoneHome(ctx context.Context, cfg SeedConfig, tun
 	if post {
 		// The service answered 200 after recording the boot; it closes the tunnel itself.
 		// Waiting for that would only cost the probe's timeout once the peer is gone.
+		tried := false
 		return retry(ctx, Backoff{}, retryableFetch, func(ctx context.Context) error {
+			// The service closes the tunnel only after recording a phone-home (or when it
+			// expires): closed after our attempt, the answer was lost, not the phone-home —
+			// under a storm's load the answer can take longer than the attempt's timeout. A
+			// retry could only wait for a peer that is gone until the boot's deadline.
+			if tried && m.closed(ctx) {
+				return nil
+			}
+			tried = true
 			return m.phoneHome(ctx, cfg.Root, tunnelID)
 		})
 	}

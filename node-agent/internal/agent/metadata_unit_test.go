@@ -30,6 +30,8 @@ type fakeMetadata struct {
 	closed   bool
 	// closeOnPhoneHome closes the tunnel when the phone-home arrives, as the service does.
 	closeOnPhoneHome bool
+	// loseAnswer records a phone-home and closes the tunnel, but the answer never arrives.
+	loseAnswer bool
 }
 
 func newFakeMetadata() *fakeMetadata {
@@ -63,6 +65,9 @@ func (f *fakeMetadata) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		f.posts = append(f.posts, r.PostForm)
 		f.closed = f.closeOnPhoneHome
+		if f.loseAnswer {
+			panic(http.ErrAbortHandler) // the connection is cut without an answer
+		}
 		return
 	}
 	doc, ok := f.docs[name]
@@ -230,7 +235,37 @@ func TestAwaitPhoneHomeAgentPosts(t *testing.T) {
 	require.Len(t, posts, 1)
 	require.Equal(t, "t1", posts[0].Get("instance_id"))
 	require.Equal(t, 2, f.count("POST phone-home"))
-	require.Zero(t, f.count("GET meta-data"), "a 200 is the phone-home; the service closes the tunnel itself")
+	require.Equal(t, 1, f.count("GET meta-data"), "one probe before the retry; after a 200, none: the service closes the tunnel itself")
+}
+
+// TestAwaitPhoneHomeAnswerLost: the service recorded the phone-home and closed the tunnel, but
+// its answer was lost; the agent finds the tunnel closed instead of posting until its deadline.
+func TestAwaitPhoneHomeAnswerLost(t *testing.T) {
+	t.Parallel()
+	f := newFakeMetadata()
+	f.loseAnswer = true
+	m := serve(t, f)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	require.NoError(t, m.awaitPhoneHome(ctx, SeedConfig{PhoneHome: PhoneHomeAgent, Root: t.TempDir()}, "t1"))
+	require.Len(t, f.postedForms(), 1)
+	require.Equal(t, 1, f.count("POST phone-home"), "posted once; then the probe found the tunnel closed")
+	require.Equal(t, 1, f.count("GET meta-data"), "one probe")
+}
+
+// TestAwaitPhoneHomeRetriesWhileOpen: a failed attempt with the tunnel still open is retried
+// (the probe answers, so the phone-home did not happen).
+func TestAwaitPhoneHomeRetriesWhileOpen(t *testing.T) {
+	t.Parallel()
+	f := newFakeMetadata()
+	f.fail["phone-home"] = []int{503, 502}
+	m := serve(t, f)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	require.NoError(t, m.awaitPhoneHome(ctx, SeedConfig{PhoneHome: PhoneHomeAgent, Root: t.TempDir()}, "t1"))
+	require.Len(t, f.postedForms(), 1)
+	require.Equal(t, 3, f.count("POST phone-home"))
+	require.Equal(t, 2, f.count("GET meta-data"), "a probe before each retry")
 }
 
 func TestAwaitPhoneHomeCloudInitOnlyWaits(t *testing.T) {
