@@ -184,7 +184,7 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 
 	reg := metrics.NewRegistry()
 	dsCfg := datasource.Config{
-		Gateway: cfg.Gateway, Listen: cfg.HTTPListen, Interface: cfg.WGInterface, Prefix: cfg.Prefix,
+		Gateway: cfg.Gateway, Listen: cfg.HTTPListen, ReusePort: cfg.GRPC.ReusePort, Interface: cfg.WGInterface, Prefix: cfg.Prefix,
 		BaseURL: cfg.BaseURL, PhoneHomeTries: cfg.PhoneHomeTries, CloseDelay: cfg.CloseDelay, CacheTTL: cfg.CacheTTL,
 	}
 	docs := nodedocs.New(store, keys, datasource.PhoneHome(dsCfg))

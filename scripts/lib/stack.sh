@@ -6,7 +6,10 @@
 #
 # After stack_up: $STACK (work dir), $BIN (binaries, and $BIN/ctl: attestctl wired to the stack),
 # $PKI, $LOGS, $DB (database URL), $GW and $NS (namespaces), $GWIP, $PGDATA, and
-# PIDS[attestor|tunnelmgr|metadata] (service process ids).
+# PIDS[attestor|tunnelmgr|metadata] (service process ids; with REPLICAS=N, N>1, also attestor-2 ..
+# attestor-N and metadata-2 .. metadata-N: replicas sharing the first one's addresses through
+# SO_REUSEPORT, the kernel spreading the nodes' connections among them, metrics on 9111, 9121, ..
+# and 9113, 9123, ..).
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 
@@ -69,15 +72,27 @@ stack_up() {
 	head -c 32 /dev/urandom > "$STACK/kek" && chmod 600 "$STACK/kek"
 	local common=(-database-url "$DB" -state-dir "$PKI" -tls-hosts "$GWIP")
 	say "starting attestor, tunnelmgr (embedded WireGuard gateway) and metadata"
-	_start attestor -listen $GWIP:7443 -metrics-listen 127.0.0.1:9101 "${common[@]}"
+	local replicas=${REPLICAS:-1} reuse=() i
+	[ "$replicas" -gt 1 ] && reuse=(-reuse-port)
+	_start attestor -listen $GWIP:7443 -metrics-listen 127.0.0.1:9101 "${common[@]}" "${reuse[@]}"
 	_wait_port 7443
+	for i in $(seq 2 "$replicas"); do
+		_start attestor-$i -listen $GWIP:7443 -metrics-listen 127.0.0.1:91${i}1 "${common[@]}" "${reuse[@]}"
+	done
 	_start tunnelmgr -listen $GWIP:7444 -metrics-listen 127.0.0.1:9102 "${common[@]}" \
 		-gateway gw0 -wg-interface "$WGIF" -wg-port 51820 -endpoint $GWIP:51820 -pool-v4 100.64.0.0/16
 	_wait_port 7444
-	_start metadata -listen $GWIP:7445 -metrics-listen 127.0.0.1:9103 "${common[@]}" \
-		-gateway gw0 -wg-interface "$WGIF" -http-listen 100.64.0.1:80 -kek-file "$STACK/kek" \
-		-tunnelmgr-addr $GWIP:7444 -tunnelmgr-ca "$PKI/ca.pem" -tunnelmgr-cert "$PKI/admin.pem" -tunnelmgr-key "$PKI/admin-key.pem"
+	local meta=(-listen $GWIP:7445 "${common[@]}" "${reuse[@]}"
+		-gateway gw0 -wg-interface "$WGIF" -http-listen 100.64.0.1:80 -kek-file "$STACK/kek"
+		-tunnelmgr-addr $GWIP:7444 -tunnelmgr-ca "$PKI/ca.pem" -tunnelmgr-cert "$PKI/admin.pem" -tunnelmgr-key "$PKI/admin-key.pem")
+	_start metadata -metrics-listen 127.0.0.1:9103 "${meta[@]}"
 	_wait_port 7445
+	for i in $(seq 2 "$replicas"); do
+		_start metadata-$i -metrics-listen 127.0.0.1:91${i}3 "${meta[@]}"
+	done
+	for i in $(seq 2 "$replicas"); do
+		_wait_metrics 91${i}1 && _wait_metrics 91${i}3
+	done
 
 	# attestctl with the stack's addresses and admin credential, run on the gateway host.
 	cat > "$BIN/ctl" <<CTL
@@ -93,10 +108,19 @@ nodesim() {
 		-enroll -admin-cert "$PKI/admin.pem" -admin-key "$PKI/admin-key.pem" -work-dir "$STACK" "$@"
 }
 
-_start() { # name, args...
+_start() { # name (a binary, or binary-N for a replica), args...
 	local name=$1; shift
-	ip netns exec "$GW" "$BIN/$name" serve "$@" >"$LOGS/$name.log" 2>&1 &
+	ip netns exec "$GW" "$BIN/${name%-[0-9]*}" serve "$@" >"$LOGS/$name.log" 2>&1 &
 	PIDS[$name]=$!
+}
+
+_wait_metrics() { # port: a replica is up when its metrics answer (its service port is shared)
+	for _ in $(seq 1 300); do
+		ip netns exec "$GW" bash -c "exec 3<>/dev/tcp/127.0.0.1/$1" 2>/dev/null && return 0
+		sleep 0.1
+	done
+	echo "a replica never opened its metrics port $1; see $LOGS" >&2
+	exit 1
 }
 
 _wait_port() { # port

@@ -21,6 +21,8 @@ const minTokenLength = 16
 type Config struct {
 	// Listen is the host:port of ListenAndServe. Serve takes its own listener instead.
 	Listen string
+	// ReusePort lets replicas on one host share Listen (see services/reuseport).
+	ReusePort bool
 
 	// TLS source, first match wins:
 	//  1. TLS, a ready configuration (embedding, tests);
@@ -71,6 +73,7 @@ type Config struct {
 // -shutdown-grace. The method policy is not a flag: it belongs to the service's code.
 func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.Listen, "listen", c.Listen, "gRPC listen address, host:port")
+	fs.BoolVar(&c.ReusePort, "reuse-port", c.ReusePort, "share the listen addresses with other replicas on this host (SO_REUSEPORT): the kernel spreads connections among them")
 	fs.StringVar(&c.StateDir, "state-dir", c.StateDir, "directory of the development PKI, created on first start; used when -tls-cert is empty")
 	fs.Var((*config.StringList)(&c.Hosts), "tls-hosts", "comma-separated DNS names and IPs added to the development server certificate")
 	fs.StringVar(&c.CertFile, "tls-cert", c.CertFile, "server certificate (PEM) provided by the operator")

@@ -18,6 +18,7 @@ import (
 	"github.com/attestboot/attestboot/services/config"
 	"github.com/attestboot/attestboot/services/metrics"
 	"github.com/attestboot/attestboot/services/pki"
+	"github.com/attestboot/attestboot/services/reuseport"
 )
 
 // Server is a gRPC server with the attestboot plumbing installed. Register services on it (it is
@@ -180,7 +181,11 @@ func (s *Server) ListenAndServe(ctx context.Context) error {
 	if s.cfg.Listen == "" {
 		return fmt.Errorf("grpcserver: no listen address configured")
 	}
-	lis, err := (&net.ListenConfig{}).Listen(ctx, "tcp", s.cfg.Listen)
+	lc := net.ListenConfig{}
+	if s.cfg.ReusePort {
+		lc.Control = reuseport.Control
+	}
+	lis, err := lc.Listen(ctx, "tcp", s.cfg.Listen)
 	if err != nil {
 		return fmt.Errorf("grpcserver: listen on %s: %w", s.cfg.Listen, err)
 	}

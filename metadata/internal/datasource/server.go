@@ -19,6 +19,7 @@ import (
 	"github.com/attestboot/attestboot/metadata/internal/nodedocs"
 	"github.com/attestboot/attestboot/metadata/internal/render"
 	"github.com/attestboot/attestboot/services/inventory"
+	"github.com/attestboot/attestboot/services/reuseport"
 )
 
 // eventService names this service in the event log.
@@ -47,6 +48,8 @@ type Config struct {
 	// Interface is the WireGuard interface the listener is bound to (SO_BINDTODEVICE). Empty
 	// binds to no device: only for tests and benchmarks over loopback.
 	Interface string
+	// ReusePort lets replicas on one host share Listen (see services/reuseport).
+	ReusePort bool
 	// Prefix is a path prefix under which the documents are served too, e.g. "/cloud-init".
 	Prefix string
 	// BaseURL is what nodes use to reach this server, for the phone_home stanza. Default
@@ -174,9 +177,17 @@ func PhoneHome(cfg Config) render.PhoneHome {
 // and its address exist or ctx ends.
 func (s *Server) Listen(ctx context.Context) (net.Listener, error) {
 	lc := net.ListenConfig{}
-	if s.cfg.Interface != "" {
+	if s.cfg.Interface != "" || s.cfg.ReusePort {
 		iface := s.cfg.Interface
-		lc.Control = func(_, _ string, c syscall.RawConn) error {
+		lc.Control = func(network, address string, c syscall.RawConn) error {
+			if s.cfg.ReusePort {
+				if err := reuseport.Control(network, address, c); err != nil {
+					return err
+				}
+			}
+			if iface == "" {
+				return nil
+			}
 			var serr error
 			if err := c.Control(func(fd uintptr) { serr = unix.BindToDevice(int(fd), iface) }); err != nil {
 				return err
