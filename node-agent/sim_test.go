@@ -3,6 +3,7 @@ package nodeagent_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -37,9 +38,6 @@ func (s *stack) runNodesim(t *testing.T, host *netnstest.NS, args ...string) sim
 	args = append([]string{
 		"-attestor", attestorAt, "-tunnelmgr", tunnelmgrAt, "-ca", filepath.Join(s.state, pki.CACertFile),
 		"-deadline", "90s", "-work-dir", t.TempDir(), "-json", report, "-node-log-level", "warn",
-		// A cache of the tests' own: a nodesim or make bench running on this machine holds leases
-		// on the default one's TPMs.
-		"-tpm-cache", filepath.Join(os.TempDir(), "attestboot-nodesim-swtpm-test"),
 	}, args...)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
@@ -65,7 +63,10 @@ func TestNodesimBootStorm(t *testing.T) {
 	host := s.host(t)
 	const n = 5
 	args := []string{"-nodes", "5", "-prefix", "simt", "-enroll", "-group", "storm",
-		"-admin-cert", filepath.Join(s.state, pki.AdminCertFile), "-admin-key", filepath.Join(s.state, pki.AdminKeyFile)}
+		"-admin-cert", filepath.Join(s.state, pki.AdminCertFile), "-admin-key", filepath.Join(s.state, pki.AdminKeyFile),
+		// A cache of the tests' own: a nodesim or make bench running on this machine holds
+		// leases on the default one's TPMs.
+		"-tpm", "swtpm", "-tpm-cache", filepath.Join(os.TempDir(), "attestboot-nodesim-swtpm-test")}
 
 	for run := 1; run <= 2; run++ {
 		rep := s.runNodesim(t, host, args...)
@@ -139,4 +140,34 @@ func TestNodesimBootStorm(t *testing.T) {
 		}
 	}
 	require.Equal(t, 1, enrolled, "enrolling again with the same EK changes nothing")
+}
+
+// TestNodesimSoftTPMs boots nodes whose TPMs are the simulator's in-process software TPMs
+// (services/softtpm) through the real, unchanged services: the attestor verifies their EKs,
+// credentials and quotes like any TPM's, and every node goes the whole way.
+func TestNodesimSoftTPMs(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s := startStack(t, stackOpts{})
+	host := s.host(t)
+	const n = 20
+	rep := s.runNodesim(t, host, "-nodes", fmt.Sprint(n), "-prefix", "soft", "-enroll",
+		"-admin-cert", filepath.Join(s.state, pki.AdminCertFile), "-admin-key", filepath.Join(s.state, pki.AdminKeyFile),
+		"-tpm", "soft", "-tpm-cache", filepath.Join(os.TempDir(), "attestboot-nodesim-softtpm-test"))
+	require.Equal(t, "soft", rep.TPMKind)
+	require.Equal(t, n, rep.Succeeded, "failures %+v", rep.Failures)
+	require.Zero(t, rep.Failed)
+	eks := map[string]bool{}
+	for _, r := range rep.Results {
+		require.True(t, r.OK, "%+v", r)
+		// The service closes the tunnel right after the phone-home's answer (-close-delay).
+		require.Eventually(t, func() bool {
+			return slices.Contains(kinds(s.events(t, r.ID)), "tunnel.closed")
+		}, 10*time.Second, 50*time.Millisecond, "node %s: tunnel closed", r.ID)
+		requireInOrder(t, kinds(s.events(t, r.ID)), []string{"enrollment.created", "attestation.passed", "tunnel.opened", "boot.completed", "tunnel.closed"})
+		e, err := s.inventory.GetEnrollment(ctx, &inventoryv1.GetEnrollmentRequest{NodeId: r.ID})
+		require.NoError(t, err)
+		eks[string(e.GetEnrollment().GetEkSha256())] = true
+	}
+	require.Len(t, eks, n, "every software TPM its own EK")
 }

@@ -32,6 +32,9 @@ type Config struct {
 	NodeID string
 	// TPM address: /dev/tpmrm0, swtpm:HOST:PORT or unix:PATH.
 	TPM string
+	// OpenTPM, when set, opens the TPM instead of TPM: the simulator's in-process TPMs
+	// (services/softtpm).
+	OpenTPM func() (tpmconn.Channel, error)
 	// AKAlgorithm of the attestation key; default ECDSA.
 	AKAlgorithm nodeattest.Algorithm
 	// Attestor and TunnelManager are host:port of the services.
@@ -54,7 +57,7 @@ func (c *Config) validate() error {
 	switch {
 	case c.NodeID == "":
 		return errors.New("no node id")
-	case c.TPM == "":
+	case c.TPM == "" && c.OpenTPM == nil:
 		return errors.New("no TPM address")
 	case c.Attestor == "" || c.TunnelManager == "":
 		return errors.New("attestor and tunnel manager addresses are required")
@@ -130,7 +133,11 @@ func (b *booter) run(ctx context.Context) error {
 
 	var tpm *nodeattest.TPM
 	if err := b.timed("tpm", func() error {
-		ch, err := tpmconn.Open(cfg.TPM)
+		open := cfg.OpenTPM
+		if open == nil {
+			open = func() (tpmconn.Channel, error) { return tpmconn.Open(cfg.TPM) }
+		}
+		ch, err := open()
 		if err != nil {
 			return fail(ClassTPM, err)
 		}

@@ -222,11 +222,19 @@ func TestConfigValidate(t *testing.T) {
 	require.Equal(t, "sim", c.Prefix)
 	require.Equal(t, 1, c.First)
 	require.Equal(t, "sim00001", c.NodeID(c.First))
-	require.Equal(t, DefaultTPMCache(), c.TPMCache)
+	require.Equal(t, TPMSwtpm, c.TPMKind, "auto: swtpm for a few nodes")
+	require.Equal(t, DefaultTPMCache(TPMSwtpm), c.TPMCache)
+	c = base()
+	c.Nodes = AutoSoftAbove + 1
+	require.NoError(t, c.validate())
+	require.Equal(t, TPMSoft, c.TPMKind, "auto: software TPMs beyond AutoSoftAbove")
+	require.Equal(t, DefaultTPMCache(TPMSoft), c.TPMCache)
+	require.NotEqual(t, DefaultTPMCache(TPMSwtpm), DefaultTPMCache(TPMSoft), "the kinds never share a cache")
 	require.Equal(t, 5*time.Minute, c.Deadline)
 
 	for name, mutate := range map[string]func(*Config){
 		"no nodes":      func(c *Config) { c.Nodes = 0 },
+		"unknown TPM":   func(c *Config) { c.TPMKind = "tpm1.2" },
 		"negative rate": func(c *Config) { c.Rate = -1 },
 		"no attestor":   func(c *Config) { c.Attestor = "" },
 		"no TLS":        func(c *Config) { c.TLS = nil },

@@ -16,6 +16,7 @@ import (
 	"github.com/attestboot/attestboot/node-agent/internal/agent"
 	"github.com/attestboot/attestboot/node-agent/internal/wglocal"
 	"github.com/attestboot/attestboot/services/nodeattest"
+	"github.com/attestboot/attestboot/services/softtpm"
 	"github.com/attestboot/attestboot/services/tpmtest"
 )
 
@@ -41,7 +42,11 @@ type Config struct {
 	// Backoff of the nodes' retries (the agent's defaults when zero).
 	Backoff agent.Backoff
 
-	// TPMCache is the swtpm cache directory (see tpmtest.Pool); default DefaultTPMCache().
+	// TPMKind is what the nodes' TPMs are: TPMSwtpm, TPMSoft or TPMAuto (the default: swtpm
+	// up to AutoSoftAbove nodes, software TPMs beyond).
+	TPMKind string
+	// TPMCache is the cache directory of the TPMs (tpmtest.Pool's for swtpm, softtpm.Pool's
+	// for software TPMs); default DefaultTPMCache(kind).
 	TPMCache string
 	// TPMFirst is the cache index of the first node's TPM: node i always runs TPM TPMFirst+i,
 	// so a node keeps its EK from run to run and one enrollment serves every later run.
@@ -68,10 +73,29 @@ type Config struct {
 	OnDone  func()
 }
 
-// DefaultTPMCache is the default swtpm cache of nodesim: separate from the tests' cache
-// (tpmtest's default), whose TPMs the tests start by any free index, so that nodesim's fixed
-// node-to-TPM mapping never finds its index taken by a test.
-func DefaultTPMCache() string {
+// TPM kinds of the simulated nodes.
+const (
+	// TPMSwtpm runs one swtpm process per node (services/tpmtest): the real TPM 2.0 code
+	// (libtpms), at about 15 ms of CPU per boot and a process per node.
+	TPMSwtpm = "swtpm"
+	// TPMSoft runs in-process software TPMs (services/softtpm): exactly the commands the
+	// flow uses, at about 2 ms per boot and no process, for storms beyond a thousand nodes.
+	TPMSoft = "soft"
+	// TPMAuto is swtpm up to AutoSoftAbove nodes and software TPMs beyond.
+	TPMAuto = "auto"
+)
+
+// AutoSoftAbove is the storm size beyond which TPMAuto chooses software TPMs: a swtpm process
+// per node stops being practical (and their CPU would be most of what is measured).
+const AutoSoftAbove = 1000
+
+// DefaultTPMCache is nodesim's default cache of a TPM kind: separate from the tests' caches,
+// whose TPMs the tests start by any free index, so that nodesim's fixed node-to-TPM mapping
+// never finds its index taken by a test.
+func DefaultTPMCache(kind string) string {
+	if kind == TPMSoft {
+		return filepath.Join(os.TempDir(), "attestboot-nodesim-softtpm")
+	}
 	return filepath.Join(os.TempDir(), "attestboot-nodesim-swtpm")
 }
 
@@ -88,8 +112,17 @@ func (c *Config) validate() error {
 	if c.Deadline == 0 {
 		c.Deadline = 5 * time.Minute
 	}
+	if c.TPMKind == "" {
+		c.TPMKind = TPMAuto
+	}
+	if c.TPMKind == TPMAuto {
+		c.TPMKind = TPMSwtpm
+		if c.Nodes > AutoSoftAbove {
+			c.TPMKind = TPMSoft
+		}
+	}
 	if c.TPMCache == "" {
-		c.TPMCache = DefaultTPMCache()
+		c.TPMCache = DefaultTPMCache(c.TPMKind)
 	}
 	if c.WorkDir == "" {
 		c.WorkDir = os.TempDir()
@@ -103,6 +136,8 @@ func (c *Config) validate() error {
 	switch {
 	case c.Nodes < 1:
 		return errors.New("sim: at least one node")
+	case c.TPMKind != TPMSwtpm && c.TPMKind != TPMSoft:
+		return fmt.Errorf("sim: unknown TPM kind %q (want %s, %s or %s)", c.TPMKind, TPMSwtpm, TPMSoft, TPMAuto)
 	case c.Rate < 0:
 		return errors.New("sim: negative rate")
 	case c.First < 0 || c.TPMFirst < 0:
@@ -126,9 +161,21 @@ func (c *Config) NodeID(n int) string { return fmt.Sprintf("%s%05d", c.Prefix, n
 // node is one simulated machine.
 type node struct {
 	id  string
-	tpm *tpmtest.TPM
+	tpm nodeTPM
 	dir string
 }
+
+// nodeTPM is a node's TPM, of either kind.
+type nodeTPM interface {
+	Index() int
+	EKSHA256() [32]byte
+}
+
+// swtpm is a node's swtpm process, reached by its address.
+type swtpm struct{ *tpmtest.TPM }
+
+// softTPM is a node's in-process TPM, opened through OpenTPM.
+type softTPM struct{ *softtpm.TPM }
 
 // Run starts one swtpm per node (manufacturing the missing ones into the cache), enrolls the
 // nodes if asked, lets them arrive at the configured rate, runs the agent's boot for each with
@@ -138,7 +185,7 @@ func Run(ctx context.Context, cfg Config) (Report, error) {
 	if err := cfg.validate(); err != nil {
 		return Report{}, err
 	}
-	rep := Report{TPMKind: "swtpm", Rate: cfg.Rate}
+	rep := Report{TPMKind: cfg.TPMKind, Rate: cfg.Rate}
 	work, err := os.MkdirTemp(cfg.WorkDir, "nodesim-")
 	if err != nil {
 		return rep, fmt.Errorf("sim: %w", err)
@@ -170,14 +217,46 @@ func Run(ctx context.Context, cfg Config) (Report, error) {
 	return rep, nil
 }
 
-// startTPMs starts the nodes' TPMs, a few at a time (each start copies a state and spawns a
-// process). stop stops those that started, whatever happened.
+// startTPMs makes the nodes' TPMs ready: software TPMs loaded (made into the cache first if
+// missing), or swtpm processes started. stop stops those that started, whatever happened.
 func startTPMs(ctx context.Context, cfg *Config, work string) ([]*node, func(), error) {
+	if cfg.TPMKind == TPMSoft {
+		nodes, err := loadSoftTPMs(ctx, cfg, work)
+		return nodes, func() {}, err
+	}
+	return startSwtpms(ctx, cfg, work)
+}
+
+// loadSoftTPMs loads the nodes' software TPMs, making the missing ones (an RSA key each, about
+// 70 ms) in parallel first.
+func loadSoftTPMs(ctx context.Context, cfg *Config, work string) ([]*node, error) {
+	pool, err := softtpm.NewPool(softtpm.Config{CacheDir: cfg.TPMCache, Logger: cfg.Logger.With("part", "softtpm")})
+	if err != nil {
+		return nil, fmt.Errorf("sim: %w", err)
+	}
+	if err := pool.Prepare(ctx, cfg.TPMFirst+cfg.Nodes); err != nil {
+		return nil, fmt.Errorf("sim: make software TPMs: %w", err)
+	}
+	nodes := make([]*node, cfg.Nodes)
+	for i := range nodes {
+		id := cfg.NodeID(cfg.First + i)
+		t, err := pool.TPM(cfg.TPMFirst + i)
+		if err != nil {
+			return nil, fmt.Errorf("sim: TPM of node %s: %w", id, err)
+		}
+		nodes[i] = &node{id: id, tpm: softTPM{t}, dir: filepath.Join(work, id)}
+	}
+	return nodes, nil
+}
+
+// startSwtpms starts one swtpm per node, a few at a time (each start copies a state and
+// spawns a process).
+func startSwtpms(ctx context.Context, cfg *Config, work string) ([]*node, func(), error) {
 	nodes := make([]*node, cfg.Nodes)
 	stop := func() {
 		for _, n := range nodes {
-			if n != nil && n.tpm != nil {
-				if err := n.tpm.Stop(); err != nil {
+			if t, ok := n.swtpm(); ok {
+				if err := t.Stop(); err != nil {
 					cfg.Logger.Warn("stop swtpm", "node", n.id, "err", err)
 				}
 			}
@@ -199,7 +278,7 @@ func startTPMs(ctx context.Context, cfg *Config, work string) ([]*node, func(), 
 			if err != nil {
 				return fmt.Errorf("sim: TPM of node %s: %w", id, err)
 			}
-			nodes[i] = &node{id: id, tpm: tpm, dir: filepath.Join(work, id)}
+			nodes[i] = &node{id: id, tpm: swtpm{tpm}, dir: filepath.Join(work, id)}
 			return nil
 		})
 	}
@@ -244,7 +323,6 @@ func bootOne(ctx context.Context, cfg *Config, n *node, arrived time.Duration) N
 	r := NodeResult{ID: n.id, TPMIndex: n.tpm.Index(), Started: Duration(arrived)}
 	acfg := agent.Config{
 		NodeID:        n.id,
-		TPM:           n.tpm.Addr(),
 		AKAlgorithm:   cfg.AKAlgorithm,
 		Attestor:      cfg.Attestor,
 		TunnelManager: cfg.TunnelManager,
@@ -258,6 +336,12 @@ func bootOne(ctx context.Context, cfg *Config, n *node, arrived time.Duration) N
 		},
 		Deadline: cfg.Deadline,
 		Backoff:  cfg.Backoff,
+	}
+	switch t := n.tpm.(type) {
+	case swtpm:
+		acfg.TPM = t.Addr()
+	case softTPM:
+		acfg.OpenTPM = t.Open
 	}
 	start := time.Now()
 	res, err := agent.Boot(ctx, acfg, cfg.NodeLogger)
@@ -277,4 +361,13 @@ func bootOne(ctx context.Context, cfg *Config, n *node, arrived time.Duration) N
 		cfg.Logger.Warn("remove node directory", "node", n.id, "err", err)
 	}
 	return r
+}
+
+// swtpm returns the node's swtpm process, if it has one.
+func (n *node) swtpm() (swtpm, bool) {
+	if n == nil {
+		return swtpm{}, false
+	}
+	t, ok := n.tpm.(swtpm)
+	return t, ok && t.TPM != nil
 }
