@@ -30,6 +30,10 @@ type Config struct {
 	RateWindow     time.Duration
 	MaxPerNode     int
 	MaxPerEK       int
+	// MaxInFlight and RetryAfter are the admission control of BeginAttestation (see
+	// internal/admission); 0 admits everyone.
+	MaxInFlight int
+	RetryAfter  time.Duration
 	// EKRootsDir holds PEM/DER certificates of trusted TPM manufacturer CAs; empty disables
 	// EK certificate checks (nodes are then identified by enrolled EK hashes alone).
 	EKRootsDir string
@@ -50,6 +54,8 @@ func DefaultConfig() Config {
 		RateWindow:     time.Minute,
 		MaxPerNode:     10,
 		MaxPerEK:       10,
+		MaxInFlight:    256,
+		RetryAfter:     time.Second,
 	}
 }
 
@@ -60,6 +66,8 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.AttestationTTL, "attestation-ttl", c.AttestationTTL, "how long a passed attestation may open a tunnel")
 	fs.DurationVar(&c.RateWindow, "rate-window", c.RateWindow, "window of the per-node and per-EK attempt limits")
 	fs.IntVar(&c.MaxPerNode, "max-per-node", c.MaxPerNode, "BeginAttestation calls allowed per node per window")
+	fs.IntVar(&c.MaxInFlight, "max-in-flight", c.MaxInFlight, "attestations this replica runs at once (begun, not completed); beyond, nodes are told to retry later (0: no limit)")
+	fs.DurationVar(&c.RetryAfter, "retry-after", c.RetryAfter, "how long a node turned away by -max-in-flight is told to wait (it adds jitter)")
 	fs.IntVar(&c.MaxPerEK, "max-per-ek", c.MaxPerEK, "BeginAttestation calls allowed per EK per window")
 	fs.StringVar(&c.EKRootsDir, "ek-roots", c.EKRootsDir, "directory of trusted TPM manufacturer CA certificates (empty: no EK certificate checks)")
 	fs.BoolVar(&c.EnrollByCA, "enroll-by-ca", c.EnrollByCA, "enroll unenrolled nodes whose EK certificate chains to -ek-roots")
@@ -104,6 +112,7 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 	svc, err := attestation.New(attestation.Config{
 		SessionTTL: cfg.SessionTTL, AttestationTTL: cfg.AttestationTTL,
 		RateWindow: cfg.RateWindow, MaxPerNode: cfg.MaxPerNode, MaxPerEK: cfg.MaxPerEK,
+		MaxInFlight: cfg.MaxInFlight, RetryAfter: cfg.RetryAfter,
 		EK: ekp,
 	}, store, logger, reg)
 	if err != nil {

@@ -14,6 +14,7 @@ import (
 
 	"github.com/google/go-tpm/legacy/tpm2"
 	"github.com/stretchr/testify/require"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
@@ -167,6 +168,43 @@ func TestBeginRefusals(t *testing.T) {
 		_, err = b.begin(t, n)
 		require.NoError(t, err)
 	})
+}
+
+// TestAdmissionControl: beyond -max-in-flight sessions, BeginAttestation turns nodes away with
+// ResourceExhausted and a retry hint, before any work and without a session; a completed
+// session, or a Begin that was refused, frees its place.
+func TestAdmissionControl(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	b := setup(t, attestation.Config{MaxInFlight: 1, RetryAfter: 3 * time.Second})
+	n1, n2 := newNode(t, "n1", nodeattest.ECDSA), newNode(t, "n2", nodeattest.ECDSA)
+	b.addNode(t, n1)
+	b.addNode(t, n2)
+
+	// A refused Begin gives its place back at once.
+	_, err := b.client.BeginAttestation(ctx, n1.tpm.BeginRequest("unknown", n1.wg))
+	require.Equal(t, codes.PermissionDenied, status.Code(err))
+
+	begin, err := b.begin(t, n1)
+	require.NoError(t, err)
+	_, err = b.begin(t, n2)
+	requireRefused(t, b, err, n2.id, codes.ResourceExhausted, attestation.ReasonOverloaded)
+	var hint *errdetails.RetryInfo
+	for _, d := range status.Convert(err).Details() {
+		if h, ok := d.(*errdetails.RetryInfo); ok {
+			hint = h
+		}
+	}
+	require.NotNil(t, hint, "the refusal says when to retry")
+	require.Equal(t, 3*time.Second, hint.GetRetryDelay().AsDuration())
+	require.Empty(t, b.events(t, n2.id, attestation.KindBegun), "no session for a node turned away")
+
+	req, err := n1.tpm.CompleteRequest(begin, n1.id, n1.wg)
+	require.NoError(t, err)
+	_, err = b.client.CompleteAttestation(ctx, req)
+	require.NoError(t, err)
+	_, err = b.begin(t, n2)
+	require.NoError(t, err, "the completed session freed its place")
 }
 
 func TestCompleteRefusals(t *testing.T) {

@@ -3,9 +3,12 @@ package attestation
 import (
 	"context"
 	"errors"
+	"time"
 
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/attestboot/attestboot/attestor/internal/akparams"
 	"github.com/attestboot/attestboot/attestor/internal/ekpolicy"
@@ -44,6 +47,7 @@ const (
 	ReasonQuoteMalformed   = "quote_malformed"
 	ReasonPCRPolicy        = "pcr_policy_violation"
 	ReasonEventLogMismatch = "event_log_mismatch"
+	ReasonOverloaded       = "overloaded"
 )
 
 // refusal is a decision to refuse: the code the caller sees, the reason the event log keeps,
@@ -52,10 +56,17 @@ type refusal struct {
 	code   codes.Code
 	reason string
 	err    error
+	retry  time.Duration // a RetryInfo hint for the caller, when set
 }
 
 func refuse(code codes.Code, reason string, err error) *refusal {
 	return &refusal{code: code, reason: reason, err: err}
+}
+
+// retryAfter adds a hint: retry no sooner than d (google.rpc.RetryInfo in the status).
+func (r *refusal) retryAfter(d time.Duration) *refusal {
+	r.retry = d
+	return r
 }
 
 // The caller sees only the code and one of these; the reason is for operators.
@@ -63,7 +74,7 @@ var publicMessages = map[codes.Code]string{
 	codes.InvalidArgument:    "invalid attestation request",
 	codes.PermissionDenied:   "attestation refused",
 	codes.FailedPrecondition: "attestation session is not usable; begin again",
-	codes.ResourceExhausted:  "too many attestation attempts; retry later",
+	codes.ResourceExhausted:  "too many attestation attempts, or the attestor is busy; retry later",
 }
 
 func (r *refusal) status() error {
@@ -71,7 +82,13 @@ func (r *refusal) status() error {
 	if !ok {
 		msg = "attestation failed"
 	}
-	return status.Error(r.code, msg)
+	st := status.New(r.code, msg)
+	if r.retry > 0 {
+		if with, err := st.WithDetails(&errdetails.RetryInfo{RetryDelay: durationpb.New(r.retry)}); err == nil {
+			st = with
+		}
+	}
+	return st.Err()
 }
 
 // ekRefusal classifies an ekpolicy error.

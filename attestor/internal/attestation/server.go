@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/attestboot/attestboot/attestor/internal/admission"
 	"github.com/attestboot/attestboot/attestor/internal/akparams"
 	"github.com/attestboot/attestboot/attestor/internal/ekpolicy"
 	"github.com/attestboot/attestboot/attestor/internal/quote"
@@ -38,6 +39,11 @@ type Config struct {
 	RateWindow time.Duration
 	MaxPerNode int
 	MaxPerEK   int
+	// MaxInFlight bounds the sessions this replica has begun and not yet seen completed
+	// (admission control, see internal/admission); beyond it BeginAttestation answers
+	// ResourceExhausted with a RetryInfo of RetryAfter (default 1 s). 0 admits everyone.
+	MaxInFlight int
+	RetryAfter  time.Duration
 	// EK is the enrollment policy.
 	EK *ekpolicy.Policy
 }
@@ -70,6 +76,8 @@ func (c *Config) validate() error {
 		return errors.New("rate limits must allow at least one attempt per window of at least 1s")
 	case c.EK == nil:
 		return errors.New("no EK policy")
+	case c.MaxInFlight < 0 || c.RetryAfter < 0:
+		return errors.New("negative admission limit or retry hint")
 	}
 	return nil
 }
@@ -87,6 +95,7 @@ type Server struct {
 	store   *inventory.Store
 	logger  *slog.Logger
 	metrics metrics
+	window  *admission.Window // nil: no admission control
 }
 
 // New returns the service. reg may be nil.
@@ -110,7 +119,14 @@ func New(cfg Config, store *inventory.Store, logger *slog.Logger, reg prometheus
 			}
 		}
 	}
-	return &Server{cfg: cfg, store: store, logger: logger, metrics: m}, nil
+	s := &Server{cfg: cfg, store: store, logger: logger, metrics: m}
+	if cfg.MaxInFlight > 0 {
+		var err error
+		if s.window, err = admission.New(admission.Config{Limit: cfg.MaxInFlight, TTL: cfg.SessionTTL, RetryAfter: cfg.RetryAfter}); err != nil {
+			return nil, fmt.Errorf("attestation: %w", err)
+		}
+	}
+	return s, nil
 }
 
 // Register adds the service to a gRPC server.
@@ -121,9 +137,25 @@ var nodeIDPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`)
 // BeginAttestation checks the node, its EK and its AK, and issues the challenge.
 func (s *Server) BeginAttestation(ctx context.Context, req *attestorv1.BeginAttestationRequest) (*attestorv1.BeginAttestationResponse, error) {
 	nodeID := req.GetNodeId()
+	// Turned away before any work: the cheapest answer there is.
+	var ticket *admission.Ticket
+	if s.window != nil {
+		var ok bool
+		if ticket, ok = s.window.Admit(); !ok {
+			return nil, s.record(ctx, nodeID, refuse(codes.ResourceExhausted, ReasonOverloaded,
+				fmt.Errorf("%d attestations in flight", s.cfg.MaxInFlight)).retryAfter(s.window.RetryAfter()),
+				map[string]any{"step": "begin"})
+		}
+	}
 	resp, r := s.begin(ctx, req)
 	if r != nil {
+		if ticket != nil {
+			ticket.Cancel()
+		}
 		return nil, s.record(ctx, nodeID, r, map[string]any{"step": "begin"})
+	}
+	if ticket != nil {
+		ticket.Keep(resp.GetSessionId())
 	}
 	return resp, nil
 }
@@ -232,6 +264,9 @@ func (s *Server) CompleteAttestation(ctx context.Context, req *attestorv1.Comple
 		return nil, s.record(ctx, "", r, map[string]any{"step": "complete"})
 	}
 	sess, r := s.complete(ctx, req)
+	if s.window != nil {
+		s.window.Done(req.GetSessionId()) // taken, whatever the outcome
+	}
 	if r != nil {
 		return nil, s.record(ctx, sess.NodeID, r, map[string]any{"step": "complete", "session_id": req.GetSessionId()})
 	}

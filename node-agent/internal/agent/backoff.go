@@ -4,6 +4,9 @@ import (
 	"context"
 	"math/rand/v2"
 	"time"
+
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc/status"
 )
 
 // Backoff spaces retries: exponential growth with full jitter (a random wait between zero and
@@ -34,6 +37,11 @@ func retry(ctx context.Context, b Backoff, retryable func(error) bool, op func(c
 			return err
 		}
 		wait := time.Duration(rand.Int64N(int64(bound) + 1))
+		if hint := retryHint(err); hint > 0 {
+			// The service said when: no sooner, and spread over as long again so that the
+			// nodes it turned away together do not come back together.
+			wait = hint + time.Duration(rand.Int64N(int64(hint)+1))
+		}
 		select {
 		case <-ctx.Done():
 			return err
@@ -41,4 +49,23 @@ func retry(ctx context.Context, b Backoff, retryable func(error) bool, op func(c
 		}
 		bound = min(bound*2, b.Max)
 	}
+}
+
+// maxRetryHint caps what a service may ask a node to wait, so that a wrong hint cannot stall
+// a boot.
+const maxRetryHint = 30 * time.Second
+
+// retryHint is the google.rpc.RetryInfo delay in err's gRPC status (an attestor busy with other
+// nodes gives one with ResourceExhausted), or zero.
+func retryHint(err error) time.Duration {
+	st, ok := status.FromError(err)
+	if !ok {
+		return 0
+	}
+	for _, d := range st.Details() {
+		if info, ok := d.(*errdetails.RetryInfo); ok {
+			return min(max(info.GetRetryDelay().AsDuration(), 0), maxRetryHint)
+		}
+	}
+	return 0
 }

@@ -8,8 +8,10 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
 )
 
 var errBusy = errors.New("busy")
@@ -141,4 +143,36 @@ func TestRetryableCodes(t *testing.T) {
 		require.Equal(t, tc.attestation, retryableAttestation(err), "attestation %s", tc.code)
 	}
 	require.False(t, retryableRPC(errors.New("not a status")), "an error without a code is an answer (Unknown)")
+}
+
+// TestRetryHonoursTheServicesHint: a RetryInfo in the status sets the wait — at least the hint,
+// at most twice it — whatever the backoff's own bound; a hint is capped.
+func TestRetryHonoursTheServicesHint(t *testing.T) {
+	t.Parallel()
+	busy := func(d time.Duration) error {
+		st, err := status.New(codes.ResourceExhausted, "busy").WithDetails(&errdetails.RetryInfo{RetryDelay: durationpb.New(d)})
+		require.NoError(t, err)
+		return st.Err()
+	}
+	require.Equal(t, 150*time.Millisecond, retryHint(busy(150*time.Millisecond)))
+	require.Equal(t, maxRetryHint, retryHint(busy(time.Hour)), "capped")
+	require.Zero(t, retryHint(busy(-time.Second)), "a negative hint is none")
+	require.Zero(t, retryHint(status.Error(codes.Unavailable, "down")), "no hint")
+	require.Zero(t, retryHint(errBusy), "not a gRPC status")
+
+	const hint = 150 * time.Millisecond
+	var calls []time.Time
+	err := retry(context.Background(), Backoff{Initial: time.Millisecond, Max: time.Millisecond}, always, func(context.Context) error {
+		calls = append(calls, time.Now())
+		if len(calls) <= 3 {
+			return busy(hint)
+		}
+		return nil
+	})
+	require.NoError(t, err)
+	for i := 1; i < len(calls); i++ {
+		gap := calls[i].Sub(calls[i-1])
+		require.GreaterOrEqual(t, gap, hint, "wait %d: no sooner than the hint", i)
+		require.LessOrEqual(t, gap, 2*hint+60*time.Millisecond, "wait %d: within the hint's jitter", i)
+	}
 }
