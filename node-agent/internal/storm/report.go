@@ -183,8 +183,13 @@ func (r *Report) WriteText(w io.Writer) error {
 	}
 	fmt.Fprintf(w, "all servers: %.2f ms CPU per node\n", total)
 	c := r.Machine.CPU
-	fmt.Fprintf(w, "machine: %.1f of %.1f CPU s busy: servers %.1f, simulator %.1f (%.2f ms/node), swtpm %.1f (%.2f ms/node), other %.1f\n",
-		c.BusySeconds, c.CapacitySeconds, c.ServersSeconds, c.SimulatorSeconds, c.SimulatorMSPerNode, c.SWTPMSeconds, c.SWTPMMSPerNode, c.OtherSeconds)
+	// Software TPMs run inside the simulator: their CPU is the simulator's.
+	tpms := fmt.Sprintf("swtpm %.1f (%.2f ms/node)", c.SWTPMSeconds, c.SWTPMMSPerNode)
+	if r.TPMKind != "swtpm" {
+		tpms = r.TPMKind + " TPMs: in the simulator's"
+	}
+	fmt.Fprintf(w, "machine: %.1f of %.1f CPU s busy: servers %.1f, simulator %.1f (%.2f ms/node), %s, other %.1f\n",
+		c.BusySeconds, c.CapacitySeconds, c.ServersSeconds, c.SimulatorSeconds, c.SimulatorMSPerNode, tpms, c.OtherSeconds)
 	if d := r.DB; d != nil {
 		writes := "commits in the WAL"
 		if d.Delta.WriteXacts < 0 {
