@@ -87,13 +87,12 @@ func (s *Store) runGroup(jobs []*groupJob) {
 	errs := make([]error, len(jobs))
 	ran := 0
 	err := s.InTx(ctx, func(q *Queries) error {
-		tx := q.db.(pgx.Tx)
 		for i, j := range jobs {
 			if err := j.ctx.Err(); err != nil {
 				errs[i] = err
 				continue
 			}
-			errs[i] = savepoint(ctx, tx, s, j.fn)
+			errs[i] = q.Savepoint(ctx, j.fn)
 			if errs[i] == nil {
 				ran++
 			}
@@ -112,22 +111,28 @@ func (s *Store) runGroup(jobs []*groupJob) {
 	}
 }
 
-// savepoint runs fn in a savepoint of tx, released if fn succeeds and rolled back otherwise
-// (also when fn panics: the panic is the caller's error, not the end of the others' group).
-func savepoint(ctx context.Context, tx pgx.Tx, s *Store, fn func(q *Queries) error) (err error) {
+// Savepoint runs fn in a savepoint of q's transaction (q must be InTx's or GroupTx's), released
+// if fn succeeds and rolled back otherwise — also when fn panics: the panic becomes fn's error
+// — so that a statement expected to fail sometimes (a unique violation) does not abort the
+// transaction around it.
+func (q *Queries) Savepoint(ctx context.Context, fn func(q *Queries) error) (err error) {
+	tx, ok := q.db.(pgx.Tx)
+	if !ok {
+		return errors.New("savepoint: not in a transaction")
+	}
 	sp, err := tx.Begin(ctx)
 	if err != nil {
 		return dbError("savepoint", err)
 	}
 	defer func() {
 		if p := recover(); p != nil {
-			err = fmt.Errorf("group transaction: panic: %v", p)
+			err = fmt.Errorf("panic: %v", p)
 			if rerr := sp.Rollback(ctx); rerr != nil {
 				err = errors.Join(err, dbError("rollback to savepoint", rerr))
 			}
 		}
 	}()
-	if err := fn(&Queries{db: sp, clock: s.clock}); err != nil {
+	if err := fn(&Queries{db: sp, clock: q.clock}); err != nil {
 		if rerr := sp.Rollback(ctx); rerr != nil {
 			return errors.Join(err, dbError("rollback to savepoint", rerr))
 		}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // TunnelState is where a tunnel is in its life.
@@ -89,62 +90,99 @@ func collectTunnels(rows pgx.Rows) ([]Tunnel, error) {
 // OpenTunnel records an open tunnel for t's gateway, node, attestation and key, with the lowest
 // free address of each of the gateway's pools (the same offset in both when it has two), expiring
 // after ttl, and appends events about it (their Detail gains tunnel_id, gateway and addresses).
-// Call it inside InTx. It is ErrPoolExhausted when no address is free.
+// Call it inside InTx. It is ErrPoolExhausted when no address is free, and ErrAddressTaken when
+// an OpenTunnelAt committed the address it chose first (the caller may retry).
 //
 // Replicas sharing a pool serialise on the gateway row, locked in a statement of its own so
 // that the allocation after it sees every tunnel committed before the lock was granted. The
 // allocation, the insert and the events then go in one round trip, so the lock is held for two
-// round trips (that batch and the commit): during a boot storm every open waits for it. The
-// partial unique indexes hold even if this code were wrong.
+// round trips (that batch and the commit): during a boot storm every open would wait for it, so
+// tunnelmgr allocates in its own memory and calls OpenTunnelAt, and comes here only when its
+// guesses fail. The partial unique indexes hold even if this code were wrong.
 func (q *Queries) OpenTunnel(ctx context.Context, t Tunnel, ttl time.Duration, events ...Event) (Tunnel, error) {
 	op := fmt.Sprintf("open tunnel on gateway %q for node %q", t.Gateway, t.NodeID)
-	g, err := scanGateway(q.db.QueryRow(ctx, `SELECT `+gatewayColumns+` FROM gateways WHERE name = $1 FOR UPDATE`, t.Gateway))
+	// NO KEY UPDATE: it must not conflict with the KEY SHARE lock every tunnel insert takes on
+	// its gateway row (the foreign key), or an OpenTunnelAt waiting for this one's address while
+	// this one waits for its row lock is a deadlock.
+	g, err := scanGateway(q.db.QueryRow(ctx, `SELECT `+gatewayColumns+` FROM gateways WHERE name = $1 FOR NO KEY UPDATE`, t.Gateway))
 	if err != nil {
 		return Tunnel{}, dbError(op, err)
 	}
-	// Allocation runs on the primary pool (IPv4 when present); IPv6 follows at the same offset.
-	pool, own, column := g.IPv4Pool, g.AddressV4, "address_v4"
-	if !pool.IsValid() {
-		pool, own, column = g.IPv6Pool, g.AddressV6, "address_v6"
+	pool, own, column := g.primaryPool()
+	// Candidates are 1 and the successor of every used offset; the lowest candidate not in use
+	// is the lowest free offset. EXCEPT keeps this one pass over the open tunnels. No free
+	// offset inserts nothing.
+	offset := `(
+		WITH used AS (
+			SELECT (` + column + ` - $10::inet) AS off FROM tunnels
+			WHERE gateway = $1 AND state = 'open' AND ` + column + ` IS NOT NULL
+			UNION ALL
+			SELECT ($11::inet - $10::inet) WHERE $11::inet IS NOT NULL
+		)
+		SELECT min(off) FROM (
+			(SELECT 1::bigint AS off UNION SELECT off + 1 FROM used) EXCEPT SELECT off FROM used
+		) candidates WHERE off BETWEEN 1 AND $12
+	)`
+	stored, err := q.insertTunnel(ctx, op, g, t, offset, ttl, events, prefixBase(pool), addrParam(own), g.MaxOffset())
+	if errors.Is(err, pgx.ErrNoRows) {
+		return Tunnel{}, fmt.Errorf("%s: %w (%s)", op, ErrPoolExhausted, pool)
 	}
-	maxOffset := poolMaxOffset(pool)
-	if g.IPv4Pool.IsValid() && g.IPv6Pool.IsValid() {
-		maxOffset = min(maxOffset, poolMaxOffset(g.IPv6Pool))
+	if addressTaken(err) {
+		// An OpenTunnelAt (which takes no lock) committed the lowest free address first.
+		return Tunnel{}, fmt.Errorf("%s: %w", op, ErrAddressTaken)
 	}
-	base := func(p netip.Prefix) any {
-		if !p.IsValid() {
-			return nil
-		}
-		return netip.PrefixFrom(p.Masked().Addr(), p.Addr().BitLen())
+	return stored, err
+}
+
+// addressTaken reports whether err is the unique violation of an open tunnel's address.
+func addressTaken(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && pgErr.Code == "23505" &&
+		(pgErr.ConstraintName == "tunnels_open_address_v4" || pgErr.ConstraintName == "tunnels_open_address_v6")
+}
+
+// ErrAddressTaken is returned by OpenTunnelAt when another open tunnel holds the address. It
+// wraps ErrConflict.
+var ErrAddressTaken = fmt.Errorf("address taken: %w", ErrConflict)
+
+// OpenTunnelAt is OpenTunnel at a given offset into g's pools (the one TunnelOffset gives), with
+// no lock: the caller allocates. It is ErrAddressTaken when an open tunnel of g holds that
+// address already, and ErrPoolExhausted for an offset outside the pool. Inside InTx, call it in
+// a savepoint if the transaction must survive ErrAddressTaken.
+func (q *Queries) OpenTunnelAt(ctx context.Context, g Gateway, offset int64, t Tunnel, ttl time.Duration, events ...Event) (Tunnel, error) {
+	op := fmt.Sprintf("open tunnel on gateway %q for node %q", g.Name, t.NodeID)
+	if offset < 1 || offset > g.MaxOffset() {
+		pool, _, _ := g.primaryPool()
+		return Tunnel{}, fmt.Errorf("%s: offset %d: %w (%s)", op, offset, ErrPoolExhausted, pool)
 	}
+	if offset == g.OwnOffset() {
+		return Tunnel{}, fmt.Errorf("%s: offset %d is the gateway's own address: %w", op, offset, ErrAddressTaken)
+	}
+	t.Gateway = g.Name
+	stored, err := q.insertTunnel(ctx, op, g, t, "$10::bigint", ttl, events, offset)
+	if addressTaken(err) {
+		return Tunnel{}, fmt.Errorf("%s: offset %d: %w", op, offset, ErrAddressTaken)
+	}
+	return stored, err
+}
+
+// insertTunnel inserts t at the offset the SQL expression offset gives (its arguments are extra,
+// numbered from $10), with the events, in one round trip. pgx.ErrNoRows: offset was NULL.
+func (q *Queries) insertTunnel(ctx context.Context, op string, g Gateway, t Tunnel, offset string, ttl time.Duration, events []Event, extra ...any) (Tunnel, error) {
 	id, err := uuid.NewRandom()
 	if err != nil {
 		return Tunnel{}, fmt.Errorf("%s: %w", op, err)
 	}
 	now := q.now()
 	b := &pgx.Batch{}
-	// Candidates are 1 and the successor of every used offset; the lowest candidate not in use
-	// is the lowest free offset. EXCEPT keeps this one pass over the open tunnels. No free
-	// offset inserts nothing.
+	args := append([]any{t.Gateway, id.String(), t.NodeID, t.AttestationID, t.WireGuardPublicKey,
+		prefixBase(g.IPv4Pool), prefixBase(g.IPv6Pool), now, now.Add(ttl)}, extra...)
 	b.Queue(`
-		WITH used AS (
-			SELECT (`+column+` - $2::inet) AS off FROM tunnels
-			WHERE gateway = $1 AND state = 'open' AND `+column+` IS NOT NULL
-			UNION ALL
-			SELECT ($3::inet - $2::inet) WHERE $3::inet IS NOT NULL
-		), free AS (
-			SELECT min(off) AS off FROM (
-				(SELECT 1::bigint AS off UNION SELECT off + 1 FROM used) EXCEPT SELECT off FROM used
-			) candidates WHERE off BETWEEN 1 AND $4
-		)
 		INSERT INTO tunnels (id, gateway, node_id, attestation_id, wireguard_public_key, address_v4, address_v6,
 			state, opened_at, expires_at)
-		SELECT $5, $1, $6, $7, $8, $9::inet + free.off, $10::inet + free.off, 'open', $11, $12
-		FROM free WHERE free.off IS NOT NULL
-		RETURNING `+tunnelColumns,
-		t.Gateway, base(pool), addrParam(own), maxOffset,
-		id.String(), t.NodeID, t.AttestationID, t.WireGuardPublicKey, base(g.IPv4Pool), base(g.IPv6Pool),
-		now, now.Add(ttl))
+		SELECT $2, $1, $3, $4, $5, $6::inet + free.off, $7::inet + free.off, 'open', $8, $9
+		FROM (SELECT `+offset+` AS off) free WHERE free.off IS NOT NULL
+		RETURNING `+tunnelColumns, args...)
 	for _, e := range events {
 		at := e.At
 		if at.IsZero() {
@@ -166,7 +204,7 @@ func (q *Queries) OpenTunnel(ctx context.Context, t Tunnel, ttl time.Duration, e
 	defer br.Close()
 	stored, err := scanTunnel(br.QueryRow())
 	if errors.Is(err, pgx.ErrNoRows) {
-		return Tunnel{}, fmt.Errorf("%s: %w (%s)", op, ErrPoolExhausted, pool)
+		return Tunnel{}, err
 	}
 	if err != nil {
 		return Tunnel{}, dbError(op, err)
@@ -178,6 +216,69 @@ func (q *Queries) OpenTunnel(ctx context.Context, t Tunnel, ttl time.Duration, e
 		return Tunnel{}, dbError(op, err)
 	}
 	return stored, nil
+}
+
+// primaryPool is the pool allocation runs on (IPv4 when the gateway has one; IPv6 follows at
+// the same offset), the gateway's own address in it and the tunnels' column of it.
+func (g Gateway) primaryPool() (pool netip.Prefix, own netip.Addr, column string) {
+	if g.IPv4Pool.IsValid() {
+		return g.IPv4Pool, g.AddressV4, "address_v4"
+	}
+	return g.IPv6Pool, g.AddressV6, "address_v6"
+}
+
+// MaxOffset is the highest offset usable in every pool of g.
+func (g Gateway) MaxOffset() int64 {
+	pool, _, _ := g.primaryPool()
+	m := poolMaxOffset(pool)
+	if g.IPv4Pool.IsValid() && g.IPv6Pool.IsValid() {
+		m = min(m, poolMaxOffset(g.IPv6Pool))
+	}
+	return m
+}
+
+// OwnOffset is the offset of the gateway's own address in its primary pool, or 0.
+func (g Gateway) OwnOffset() int64 {
+	pool, own, _ := g.primaryPool()
+	if !own.IsValid() || !pool.Contains(own) {
+		return 0
+	}
+	return addrOffset(pool, own)
+}
+
+// TunnelOffset is the offset of t's address in g's primary pool (what OpenTunnelAt takes), or
+// 0 when t has no address there.
+func (g Gateway) TunnelOffset(t Tunnel) int64 {
+	pool, _, _ := g.primaryPool()
+	a := t.AddressV4
+	if !g.IPv4Pool.IsValid() {
+		a = t.AddressV6
+	}
+	if !a.IsValid() || !pool.Contains(a) {
+		return 0
+	}
+	return addrOffset(pool, a)
+}
+
+// addrOffset is a - the pool's first address, for a in pool (at most 62 bits of it: offsets
+// stay within what Postgres' inet arithmetic handles).
+func addrOffset(pool netip.Prefix, a netip.Addr) int64 {
+	base := pool.Masked().Addr().As16()
+	x := a.As16()
+	var off uint64
+	for i := 8; i < 16; i++ {
+		off = off<<8 | uint64(x[i]-base[i])
+	}
+	return int64(off & (1<<62 - 1))
+}
+
+// prefixBase is a pool's first address as a host prefix (an inet Postgres adds offsets to), or
+// nil for no pool.
+func prefixBase(p netip.Prefix) any {
+	if !p.IsValid() {
+		return nil
+	}
+	return netip.PrefixFrom(p.Masked().Addr(), p.Addr().BitLen())
 }
 
 // poolMaxOffset is the highest usable host offset of a pool: the IPv4 broadcast address is

@@ -215,3 +215,54 @@ func TestTunnelExpiryAndListing(t *testing.T) {
 	_, _, err = b.store.ListTunnels(ctx, inventory.TunnelFilter{After: "garbage"})
 	require.ErrorIs(t, err, inventory.ErrInvalid)
 }
+
+// TestOpenTunnelAt: the caller's offset becomes the same offset in both pools; an address in
+// use is ErrAddressTaken (a conflict) and leaves nothing behind; an offset outside the pool is
+// ErrPoolExhausted; the offsets read back with TunnelOffset.
+func TestOpenTunnelAt(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	b := setup(t)
+	gateway(t, b, "gw1", "100.64.0.0/29", "fd00:a::/120")
+	g, err := b.store.GetGateway(ctx, "gw1")
+	require.NoError(t, err)
+	require.EqualValues(t, 6, g.MaxOffset(), ".1 to .6 (.7 is broadcast)")
+	require.EqualValues(t, 1, g.OwnOffset(), "the gateway's own .1")
+
+	openAt := func(off int64, req inventory.Tunnel) (inventory.Tunnel, error) {
+		var tun inventory.Tunnel
+		err := b.store.InTx(ctx, func(q *inventory.Queries) error {
+			var err error
+			tun, err = q.OpenTunnelAt(ctx, g, off, req, time.Minute,
+				inventory.Event{NodeID: req.NodeID, Kind: "tunnel.opened", Service: "test"})
+			return err
+		})
+		return tun, err
+	}
+	tun, err := openAt(4, attested(t, b, "n1", "gw1"))
+	require.NoError(t, err)
+	require.Equal(t, netip.MustParseAddr("100.64.0.4"), tun.AddressV4)
+	require.Equal(t, netip.MustParseAddr("fd00:a::4"), tun.AddressV6)
+	require.EqualValues(t, 4, g.TunnelOffset(tun))
+
+	_, err = openAt(4, attested(t, b, "n2", "gw1"))
+	require.ErrorIs(t, err, inventory.ErrAddressTaken)
+	require.ErrorIs(t, err, inventory.ErrConflict)
+	_, err = openAt(1, attested(t, b, "n2", "gw1"))
+	require.ErrorIs(t, err, inventory.ErrConflict, "the gateway's own address")
+	for _, off := range []int64{0, 7, -1} {
+		_, err = openAt(off, attested(t, b, "n2", "gw1"))
+		require.ErrorIs(t, err, inventory.ErrPoolExhausted, "offset %d", off)
+	}
+	evs, err := b.store.QueryEvents(ctx, inventory.EventQuery{NodeID: "n2"})
+	require.NoError(t, err)
+	require.Empty(t, evs, "a refused open writes no event")
+	n, err := b.store.CountOpenTunnels(ctx, "gw1")
+	require.NoError(t, err)
+	require.EqualValues(t, 1, n)
+
+	// The locked allocation still finds the lowest free address around it.
+	low, err := open(t, b, attested(t, b, "n3", "gw1"))
+	require.NoError(t, err)
+	require.EqualValues(t, 2, g.TunnelOffset(low))
+}

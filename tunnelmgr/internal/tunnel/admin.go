@@ -78,6 +78,7 @@ func (a adminAPI) CloseTunnel(ctx context.Context, req *tunnelmgrv1.CloseTunnelR
 	}
 	if changed {
 		s.metrics.closes.Inc()
+		s.releaseAddress(t)
 		// Another gateway's peer is removed by that gateway's reconciler, woken by the change.
 		if t.Gateway == s.cfg.Info.Name {
 			if err := s.cfg.Gateway.RemovePeer(t); err != nil {

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"regexp"
+	"sync"
 	"time"
 
 	"github.com/google/uuid"
@@ -19,6 +20,7 @@ import (
 
 	tunnelmgrv1 "github.com/attestboot/attestboot/proto/attestboot/tunnelmgr/v1"
 	"github.com/attestboot/attestboot/services/inventory"
+	"github.com/attestboot/attestboot/tunnelmgr/internal/addrpool"
 	"github.com/attestboot/attestboot/tunnelmgr/internal/gateway"
 )
 
@@ -54,6 +56,13 @@ type Server struct {
 	store   *inventory.Store
 	logger  *slog.Logger
 	metrics metrics
+	// addrs allocates the gateway's addresses in memory (see addrpool); loaded is when it last
+	// read the inventory's open tunnels.
+	addrs    *addrpool.Pool
+	loadedMu sync.Mutex
+	loaded   time.Time
+	loading  bool
+	loadDone chan struct{} // closed when the load in progress ends
 
 	node  nodeFacing
 	admin adminAPI
@@ -101,7 +110,8 @@ func New(cfg Config, store *inventory.Store, logger *slog.Logger, reg prometheus
 			}
 		}
 	}
-	s := &Server{cfg: cfg, store: store, logger: logger, metrics: m}
+	s := &Server{cfg: cfg, store: store, logger: logger, metrics: m,
+		addrs: addrpool.New(cfg.Info.MaxOffset(), cfg.Info.OwnOffset())}
 	s.node, s.admin = nodeFacing{s: s}, adminAPI{s: s}
 	return s, nil
 }
@@ -162,7 +172,11 @@ func (n nodeFacing) OpenTunnel(ctx context.Context, req *tunnelmgrv1.OpenTunnelR
 		nodeID string
 		reused bool
 		ref    *refusal
+		offset int64 // taken from s.addrs; 0 when none is
 	)
+	if err := s.loadAddresses(ctx); err != nil {
+		return nil, s.refuse(ctx, "", refusal{codes.Internal, "internal", err}, detail)
+	}
 	err := s.store.InTx(ctx, func(q *inventory.Queries) error {
 		a, err := q.GetAttestation(ctx, req.GetAttestationId())
 		if errors.Is(err, inventory.ErrNotFound) {
@@ -200,17 +214,22 @@ func (n nodeFacing) OpenTunnel(ctx context.Context, req *tunnelmgrv1.OpenTunnelR
 		} else if err != nil {
 			return err
 		}
-		// The event goes with the insert: the gateway's lock is held until commit, so every
-		// round trip saved here is one the next node does not wait for.
-		t, err = q.OpenTunnel(ctx, inventory.Tunnel{
+		t, offset, err = s.insert(ctx, q, inventory.Tunnel{
 			Gateway: s.cfg.Info.Name, NodeID: a.NodeID, AttestationID: a.ID, WireGuardPublicKey: a.WireGuardPublicKey,
-		}, s.cfg.TTL, inventory.Event{NodeID: a.NodeID, Kind: KindOpened, Service: "tunnelmgr"})
+		}, inventory.Event{NodeID: a.NodeID, Kind: KindOpened, Service: "tunnelmgr"})
 		if errors.Is(err, inventory.ErrPoolExhausted) {
 			ref = &refusal{codes.ResourceExhausted, ReasonPoolExhausted, err}
 			return errRollback
 		}
 		return err
 	})
+	if offset != 0 {
+		if err == nil && ref == nil {
+			s.addrs.Confirm(offset)
+		} else {
+			s.addrs.Release(offset)
+		}
+	}
 	if ref != nil {
 		return nil, s.refuse(ctx, nodeID, *ref, detail)
 	}
@@ -224,6 +243,120 @@ func (n nodeFacing) OpenTunnel(ctx context.Context, req *tunnelmgrv1.OpenTunnelR
 		s.metrics.opens.Inc()
 	}
 	return s.response(t), nil
+}
+
+// maxGuesses bounds the addresses tried from the in-memory pool before the inventory decides;
+// maxFallbacks the inventory's tries (each can lose its address to a guess committed first).
+const (
+	maxGuesses   = 3
+	maxFallbacks = 10
+)
+
+// reloadEvery is how often the pool re-reads the inventory's open tunnels: addresses freed
+// elsewhere (expiries, another replica) come back then.
+const reloadEvery = time.Minute
+
+// insert records t at an address from the in-memory pool, each guess in a savepoint so that a
+// wrong one (another replica holds it) costs a retry, not the transaction; after maxGuesses
+// wrong guesses, or when the pool looks exhausted, the inventory's locked lowest-free search
+// decides (and the pool re-reads the inventory at the next open); it too can lose its address
+// to a guess committed first, and is retried. It returns the offset it
+// took from the pool (0 for none), for the caller to confirm or release once the transaction
+// ends.
+func (s *Server) insert(ctx context.Context, q *inventory.Queries, t inventory.Tunnel, ev inventory.Event) (inventory.Tunnel, int64, error) {
+	for range maxGuesses {
+		off, ok := s.addrs.Take()
+		if !ok {
+			break
+		}
+		var out inventory.Tunnel
+		err := q.Savepoint(ctx, func(q *inventory.Queries) error {
+			var err error
+			out, err = q.OpenTunnelAt(ctx, s.cfg.Info, off, t, s.cfg.TTL, ev)
+			return err
+		})
+		if !errors.Is(err, inventory.ErrAddressTaken) {
+			return out, off, err
+		}
+		s.addrs.MarkUsed(off)
+		s.addrs.Scatter()
+	}
+	s.expireAddresses()
+	var (
+		out inventory.Tunnel
+		err error
+	)
+	for range maxFallbacks {
+		// The event goes with the insert: the gateway's lock is held until commit.
+		err = q.Savepoint(ctx, func(q *inventory.Queries) error {
+			var err error
+			out, err = q.OpenTunnel(ctx, t, s.cfg.TTL, ev)
+			return err
+		})
+		if !errors.Is(err, inventory.ErrAddressTaken) {
+			break
+		}
+	}
+	return out, 0, err
+}
+
+// loadAddresses fills the pool from the inventory's open tunnels when it never was, or not
+// for reloadEvery. One open reads at a time; the others go on with the pool as it is (a stale
+// pool only costs a wrong guess) — except before the very first load, which they wait for. No
+// lock is held across the query: the opens waiting for one would hold database connections
+// the query needs.
+func (s *Server) loadAddresses(ctx context.Context) error {
+	s.loadedMu.Lock()
+	if s.loading || (!s.loaded.IsZero() && time.Since(s.loaded) < reloadEvery) {
+		first := s.loaded.IsZero()
+		done := s.loadDone
+		s.loadedMu.Unlock()
+		if first && done != nil {
+			select {
+			case <-done:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+		return nil
+	}
+	s.loading, s.loadDone = true, make(chan struct{})
+	s.loadedMu.Unlock()
+
+	open, err := s.store.OpenTunnels(ctx, s.cfg.Info.Name)
+	if err == nil {
+		offs := make([]int64, 0, len(open))
+		for _, t := range open {
+			if off := s.cfg.Info.TunnelOffset(t); off != 0 {
+				offs = append(offs, off)
+			}
+		}
+		s.addrs.Reset(offs)
+	}
+	s.loadedMu.Lock()
+	if err == nil {
+		s.loaded = time.Now()
+	}
+	s.loading = false
+	close(s.loadDone)
+	s.loadedMu.Unlock()
+	return err
+}
+
+// expireAddresses makes the next open re-read the inventory.
+func (s *Server) expireAddresses() {
+	s.loadedMu.Lock()
+	defer s.loadedMu.Unlock()
+	s.loaded = time.Time{}
+}
+
+// releaseAddress gives a closed tunnel's address back to the pool.
+func (s *Server) releaseAddress(t inventory.Tunnel) {
+	if t.Gateway == s.cfg.Info.Name {
+		if off := s.cfg.Info.TunnelOffset(t); off != 0 {
+			s.addrs.Release(off)
+		}
+	}
 }
 
 // errRollback ends a transaction whose refusal must leave nothing behind.
@@ -246,6 +379,8 @@ func (s *Server) fail(ctx context.Context, t inventory.Tunnel, cause error) erro
 	})
 	if err != nil {
 		s.logger.ErrorContext(ctx, "mark tunnel failed", "tunnel", t.ID, "err", err)
+	} else {
+		s.releaseAddress(t)
 	}
 	return status.Error(codes.Unavailable, "gateway could not add the tunnel; retry")
 }
