@@ -63,6 +63,18 @@ type Gateway struct {
 	// under it, so a peer added for a tunnel committed after that read cannot be mistaken for
 	// an unknown one.
 	mu sync.Mutex
+
+	// The peer changes of concurrent AddPeer and RemovePeer calls, applied together.
+	batchMu  sync.Mutex
+	batch    []peerChange
+	applying bool
+}
+
+// peerChange is one caller's peer change and where its outcome goes.
+type peerChange struct {
+	pc   wgtypes.PeerConfig
+	what string // for the error
+	done chan error
 }
 
 // New returns a gateway. reg may be nil.
@@ -119,12 +131,7 @@ func (g *Gateway) AddPeer(t inventory.Tunnel) error {
 	if err != nil {
 		return err
 	}
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	if err := g.dev.ConfigureDevice(g.cfg.Interface, wgtypes.Config{Peers: []wgtypes.PeerConfig{pc}}); err != nil {
-		return fmt.Errorf("gateway: add peer of tunnel %s: %w", t.ID, err)
-	}
-	return nil
+	return g.change(pc, "add peer of tunnel "+t.ID)
 }
 
 // RemovePeer takes a tunnel's peer off the device (a no-op if it is not there).
@@ -133,9 +140,68 @@ func (g *Gateway) RemovePeer(t inventory.Tunnel) error {
 	if err != nil {
 		return fmt.Errorf("gateway: tunnel %s: %w", t.ID, err)
 	}
+	return g.change(wgtypes.PeerConfig{PublicKey: key, Remove: true}, "remove peer of tunnel "+t.ID)
+}
+
+// change applies one peer change, together with those other callers ask for meanwhile: during
+// a storm hundreds of peers come and go each second, and one configuration call for many
+// peers costs about what a call for one does. The changes of a batch apply in the order they
+// were asked for. It returns once the change is on the device.
+func (g *Gateway) change(pc wgtypes.PeerConfig, what string) error {
+	c := peerChange{pc: pc, what: what, done: make(chan error, 1)}
+	g.batchMu.Lock()
+	g.batch = append(g.batch, c)
+	start := !g.applying
+	g.applying = true
+	g.batchMu.Unlock()
+	if start {
+		go g.applyBatches()
+	}
+	return <-c.done
+}
+
+// applyBatches applies queued changes, all that are queued at each turn, until none is left.
+func (g *Gateway) applyBatches() {
+	for {
+		g.batchMu.Lock()
+		batch := g.batch
+		g.batch = nil
+		if len(batch) == 0 {
+			g.applying = false
+			g.batchMu.Unlock()
+			return
+		}
+		g.batchMu.Unlock()
+		g.apply(batch)
+	}
+}
+
+func (g *Gateway) apply(batch []peerChange) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	return g.removeKeys([]wgtypes.Key{key})
+	peers := make([]wgtypes.PeerConfig, len(batch))
+	for i, c := range batch {
+		peers[i] = c.pc
+	}
+	err := g.dev.ConfigureDevice(g.cfg.Interface, wgtypes.Config{Peers: peers})
+	if err == nil || len(batch) == 1 {
+		for _, c := range batch {
+			if err != nil {
+				c.done <- fmt.Errorf("gateway: %s: %w", c.what, err)
+			} else {
+				c.done <- nil
+			}
+		}
+		return
+	}
+	// Whose change failed? One at a time, so each caller gets its own outcome.
+	for _, c := range batch {
+		if err := g.dev.ConfigureDevice(g.cfg.Interface, wgtypes.Config{Peers: []wgtypes.PeerConfig{c.pc}}); err != nil {
+			c.done <- fmt.Errorf("gateway: %s: %w", c.what, err)
+		} else {
+			c.done <- nil
+		}
+	}
 }
 
 func (g *Gateway) removeKeys(keys []wgtypes.Key) error {

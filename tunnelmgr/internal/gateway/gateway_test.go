@@ -4,11 +4,14 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net/netip"
 	"os"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -169,4 +172,79 @@ func TestExpiryRemovesPeerAndReleasesAddress(t *testing.T) {
 	// The address is free again: the next tunnel gets it.
 	again := b.openTunnel(t, "n3", time.Hour)
 	require.Equal(t, short.AddressV4, again.AddressV4)
+}
+
+// countingDevice counts configuration calls, makes each one slow (as a busy device is), and
+// fails those that touch a given key.
+type countingDevice struct {
+	*wgctrl.Client
+	calls atomic.Int32
+	bad   wgtypes.Key
+}
+
+func (d *countingDevice) ConfigureDevice(name string, cfg wgtypes.Config) error {
+	d.calls.Add(1)
+	// The callers that arrive meanwhile queue for the next call.
+	time.Sleep(100 * time.Millisecond)
+	for _, p := range cfg.Peers {
+		if p.PublicKey == d.bad {
+			return errors.New("device refused the peer")
+		}
+	}
+	return d.Client.ConfigureDevice(name, cfg)
+}
+
+// TestConcurrentPeerChangesShareConfigurationCalls: peers added and removed by concurrent
+// callers reach the device in a few calls, not one each; each caller learns its own outcome,
+// and one refused peer does not fail the others of its batch.
+func TestConcurrentPeerChangesShareConfigurationCalls(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	const n = 100
+	tunnels := make([]inventory.Tunnel, n)
+	for i := range tunnels {
+		tunnels[i] = b.openTunnel(t, fmt.Sprintf("n%03d", i), time.Hour)
+	}
+	dev := &countingDevice{Client: b.client}
+	gw, err := gateway.New(gateway.Config{Name: "gw1", Interface: b.iface}, dev, b.store,
+		slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
+	require.NoError(t, err)
+	each := func(ts []inventory.Tunnel, op func(inventory.Tunnel) error) []error {
+		errs := make([]error, len(ts))
+		var wg sync.WaitGroup
+		for i, tun := range ts {
+			wg.Go(func() { errs[i] = op(tun) })
+		}
+		wg.Wait()
+		return errs
+	}
+
+	for i, err := range each(tunnels[:n-1], gw.AddPeer) {
+		require.NoError(t, err, "caller %d", i)
+	}
+	require.Len(t, b.peers(t), n-1)
+	t.Logf("%d AddPeer calls, %d configuration calls", n-1, dev.calls.Load())
+	require.LessOrEqual(t, int(dev.calls.Load()), 3, "one call for the first caller, one or two for those queued behind it")
+
+	dev.calls.Store(0)
+	for i, err := range each(tunnels[:n-1], gw.RemovePeer) {
+		require.NoError(t, err, "caller %d", i)
+	}
+	require.Empty(t, b.peers(t))
+	require.LessOrEqual(t, int(dev.calls.Load()), 3, "removals share calls too")
+
+	// A peer the device refuses fails its caller only.
+	dev.bad = key(t, tunnels[7])
+	errs := each(tunnels[:10], gw.AddPeer)
+	for i, err := range errs {
+		if i == 7 {
+			require.ErrorContains(t, err, "device refused the peer")
+			require.ErrorContains(t, err, tunnels[7].ID)
+		} else {
+			require.NoError(t, err, "caller %d", i)
+		}
+	}
+	peers := b.peers(t)
+	require.Len(t, peers, 9)
+	require.NotContains(t, peers, key(t, tunnels[7]))
 }
