@@ -260,9 +260,8 @@ const reloadEvery = time.Minute
 // wrong one (another replica holds it) costs a retry, not the transaction; after maxGuesses
 // wrong guesses, or when the pool looks exhausted, the inventory's locked lowest-free search
 // decides (and the pool re-reads the inventory at the next open); it too can lose its address
-// to a guess committed first, and is retried. It returns the offset it
-// took from the pool (0 for none), for the caller to confirm or release once the transaction
-// ends.
+// to a guess committed first, and is retried. It returns the offset it took from the pool (0
+// for none), for the caller to confirm or release once the transaction ends.
 func (s *Server) insert(ctx context.Context, q *inventory.Queries, t inventory.Tunnel, ev inventory.Event) (inventory.Tunnel, int64, error) {
 	for range maxGuesses {
 		off, ok := s.addrs.Take()
