@@ -11,6 +11,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"log/slog"
+	"sync"
 	"time"
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
@@ -156,12 +157,19 @@ func (b *booter) run(ctx context.Context) error {
 	if err != nil {
 		return fail(ClassConfig, err)
 	}
-	defer attConn.Close()
 	tmConn, err := grpc.NewClient(cfg.TunnelManager, creds)
 	if err != nil {
+		attConn.Close()
 		return fail(ClassConfig, err)
 	}
-	defer tmConn.Close()
+	// Once the tunnel is open neither service is asked anything more: their connections go
+	// then, not at the end of the boot (during a storm the services would otherwise hold a
+	// connection per booting node for nothing).
+	closeConns := sync.OnceFunc(func() {
+		attConn.Close()
+		tmConn.Close()
+	})
+	defer closeConns()
 
 	// Attestation and tunnel are retried as one: an attestation is spent by the OpenTunnel that
 	// consumes it, so when the gateway cannot add the peer (Unavailable) the node attests again.
@@ -196,6 +204,7 @@ func (b *booter) run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	closeConns()
 
 	var tun wglocal.Tunnel
 	if err := b.timed("wireguard", func() error {
