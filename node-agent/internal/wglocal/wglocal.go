@@ -19,7 +19,6 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.zx2c4.com/wireguard/conn"
 	"golang.zx2c4.com/wireguard/device"
-	"golang.zx2c4.com/wireguard/tun/netstack"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	tunnelmgrv1 "github.com/attestboot/attestboot/proto/attestboot/tunnelmgr/v1"
@@ -185,7 +184,7 @@ func upNetstack(prm Params, p peer) (Tunnel, error) {
 	for i, a := range p.addresses {
 		addrs[i] = a.Addr()
 	}
-	tunDev, tnet, err := netstack.CreateNetTUN(addrs, nil, 1420)
+	tunDev, err := newStackTun(addrs, 1420)
 	if err != nil {
 		return nil, fmt.Errorf("wglocal: create netstack: %w", err)
 	}
@@ -210,7 +209,7 @@ func upNetstack(prm Params, p peer) (Tunnel, error) {
 		dev.Close()
 		return nil, fmt.Errorf("wglocal: netstack up: %w", err)
 	}
-	transport := &http.Transport{DialContext: tnet.DialContext, DisableKeepAlives: false, MaxIdleConnsPerHost: 2}
+	transport := &http.Transport{DialContext: tunDev.DialContext, DisableKeepAlives: false, MaxIdleConnsPerHost: 2}
 	return &netTunnel{dev: dev, client: &http.Client{Transport: transport}}, nil
 }
 
