@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
 )
 
 // Group commit: under a boot storm thousands of small, independent write transactions (an
@@ -47,8 +49,9 @@ type grouper struct {
 // The price is latency: fn waits for the callers queued before it. Use it for short writes
 // whose callers are many and independent; fn must not wait for anything but the database, and
 // must not take locks others hold for long (they would be held by the whole group).
-// fn must not call GroupTx itself. If ctx ends before fn starts, fn is not run; once started it runs to its end under the
-// group's context, so that one caller's cancellation cannot break the others' transaction.
+// fn must not call GroupTx itself. If ctx ends before fn starts, fn is not run; once started,
+// its statements run under the group's context whatever context fn passes them, so that one
+// caller's cancellation cannot break the others' transaction.
 func (s *Store) GroupTx(ctx context.Context, fn func(q *Queries) error) error {
 	j := &groupJob{ctx: ctx, fn: fn, done: make(chan error, 1)}
 	g := &s.group
@@ -92,7 +95,9 @@ func (s *Store) runGroup(jobs []*groupJob) {
 				errs[i] = err
 				continue
 			}
-			errs[i] = q.Savepoint(ctx, j.fn)
+			errs[i] = q.Savepoint(ctx, func(q *Queries) error {
+				return j.fn(&Queries{db: groupDB{db: q.db, ctx: ctx}, clock: q.clock})
+			})
 			if errs[i] == nil {
 				ran++
 			}
@@ -116,8 +121,10 @@ func (s *Store) runGroup(jobs []*groupJob) {
 // — so that a statement expected to fail sometimes (a unique violation) does not abort the
 // transaction around it.
 func (q *Queries) Savepoint(ctx context.Context, fn func(q *Queries) error) (err error) {
-	tx, ok := q.db.(pgx.Tx)
-	if !ok {
+	tx, ok := q.db.(interface {
+		Begin(context.Context) (pgx.Tx, error)
+	})
+	if _, pool := q.db.(*pgxpool.Pool); !ok || pool {
 		return errors.New("savepoint: not in a transaction")
 	}
 	sp, err := tx.Begin(ctx)
@@ -151,4 +158,39 @@ func (s *Store) AppendEventGrouped(ctx context.Context, e Event) (Event, error) 
 		return err
 	})
 	return out, err
+}
+
+// groupDB runs a GroupTx caller's statements under the group's context instead of the one the
+// caller passes: pgx answers a cancelled context by cutting the connection, which would end
+// every caller's transaction, not only the cancelled one's.
+type groupDB struct {
+	db  dbtx
+	ctx context.Context
+}
+
+func (g groupDB) Exec(_ context.Context, sql string, args ...any) (pgconn.CommandTag, error) {
+	return g.db.Exec(g.ctx, sql, args...)
+}
+
+func (g groupDB) Query(_ context.Context, sql string, args ...any) (pgx.Rows, error) {
+	return g.db.Query(g.ctx, sql, args...)
+}
+
+func (g groupDB) QueryRow(_ context.Context, sql string, args ...any) pgx.Row {
+	return g.db.QueryRow(g.ctx, sql, args...)
+}
+
+func (g groupDB) SendBatch(_ context.Context, b *pgx.Batch) pgx.BatchResults {
+	return g.db.SendBatch(g.ctx, b)
+}
+
+// Begin opens a savepoint (Queries.Savepoint inside a GroupTx caller).
+func (g groupDB) Begin(context.Context) (pgx.Tx, error) {
+	tx, ok := g.db.(interface {
+		Begin(context.Context) (pgx.Tx, error)
+	})
+	if !ok {
+		return nil, errors.New("savepoint: not in a transaction")
+	}
+	return tx.Begin(g.ctx)
 }

@@ -166,3 +166,42 @@ func TestGroupTxSkipsEndedCallers(t *testing.T) {
 	require.ErrorIs(t, <-done, context.Canceled)
 	require.False(t, ran)
 }
+
+// TestGroupTxOutlivesACancelledCaller: a caller whose context ends while its function runs
+// still runs to its end, and the callers sharing its transaction commit (pgx would cut the
+// connection for a statement under a cancelled context, ending everybody's transaction).
+func TestGroupTxOutlivesACancelledCaller(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	release := hold(t, b.store)
+	gone, cancel := context.WithCancel(t.Context())
+	errs := make([]error, 2)
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		errs[0] = b.store.GroupTx(gone, func(q *inventory.Queries) error {
+			cancel() // the caller went away after its function started
+			_, err := q.CreateNode(gone, inventory.Node{ID: "cancelled", Enabled: true})
+			return err
+		})
+	})
+	for inventory.GroupQueued(b.store) < 1 {
+		time.Sleep(time.Millisecond)
+	}
+	wg.Go(func() {
+		errs[1] = b.store.GroupTx(t.Context(), func(q *inventory.Queries) error {
+			_, err := q.CreateNode(t.Context(), inventory.Node{ID: "other", Enabled: true})
+			return err
+		})
+	})
+	for inventory.GroupQueued(b.store) < 2 {
+		time.Sleep(time.Millisecond)
+	}
+	release()
+	wg.Wait()
+	require.NoError(t, errs[0], "started, it ran to its end")
+	require.NoError(t, errs[1])
+	for _, id := range []string{"cancelled", "other"} {
+		_, err := b.store.GetNode(t.Context(), id)
+		require.NoError(t, err, id)
+	}
+}
