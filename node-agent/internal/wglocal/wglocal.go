@@ -17,7 +17,6 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
-	"golang.zx2c4.com/wireguard/conn"
 	"golang.zx2c4.com/wireguard/device"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
@@ -189,7 +188,7 @@ func upNetstack(prm Params, p peer) (Tunnel, error) {
 		return nil, fmt.Errorf("wglocal: create netstack: %w", err)
 	}
 	logger := prm.Logger
-	dev := device.NewDevice(tunDev, conn.NewDefaultBind(), &device.Logger{
+	dev := device.NewDevice(tunDev, &udpBind{}, &device.Logger{
 		Verbosef: func(string, ...any) {},
 		Errorf: func(f string, args ...any) {
 			logger.Debug("wireguard-go", "msg", fmt.Sprintf(f, args...))
