@@ -185,8 +185,10 @@ func TestAdmissionControl(t *testing.T) {
 	_, err := b.client.BeginAttestation(ctx, n1.tpm.BeginRequest("unknown", n1.wg))
 	require.Equal(t, codes.PermissionDenied, status.Code(err))
 
+	require.Zero(t, inFlight(t, b))
 	begin, err := b.begin(t, n1)
 	require.NoError(t, err)
+	require.EqualValues(t, 1, inFlight(t, b), "the gauge shows the session in flight")
 	_, err = b.begin(t, n2)
 	requireRefused(t, b, err, n2.id, codes.ResourceExhausted, attestation.ReasonOverloaded)
 	var hint *errdetails.RetryInfo
@@ -203,8 +205,23 @@ func TestAdmissionControl(t *testing.T) {
 	require.NoError(t, err)
 	_, err = b.client.CompleteAttestation(ctx, req)
 	require.NoError(t, err)
+	require.Zero(t, inFlight(t, b))
 	_, err = b.begin(t, n2)
 	require.NoError(t, err, "the completed session freed its place")
+}
+
+// inFlight reads the attestboot_attestations_in_flight gauge of b's service.
+func inFlight(t *testing.T, b bundle) float64 {
+	t.Helper()
+	mfs, err := b.reg.Gather()
+	require.NoError(t, err)
+	for _, mf := range mfs {
+		if mf.GetName() == "attestboot_attestations_in_flight" {
+			return mf.GetMetric()[0].GetGauge().GetValue()
+		}
+	}
+	t.Fatal("no attestboot_attestations_in_flight gauge")
+	return 0
 }
 
 func TestCompleteRefusals(t *testing.T) {

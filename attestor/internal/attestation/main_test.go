@@ -35,6 +35,7 @@ type bundle struct {
 	pool   *pgxpool.Pool
 	clock  *clock.Fake
 	client attestorv1.AttestorServiceClient
+	reg    *prometheus.Registry // the service's metrics
 }
 
 func setup(t testing.TB, cfg attestation.Config) bundle {
@@ -53,7 +54,8 @@ func setup(t testing.TB, cfg attestation.Config) bundle {
 		level = slog.LevelWarn // a benchmark measures the service, not its request log
 	}
 	logger := slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: level}))
-	svc, err := attestation.New(cfg, store, logger, prometheus.NewRegistry())
+	reg := prometheus.NewRegistry()
+	svc, err := attestation.New(cfg, store, logger, reg)
 	require.NoError(t, err)
 
 	gs, err := grpcserver.New(grpcserver.Config{
@@ -77,7 +79,7 @@ func setup(t testing.TB, cfg attestation.Config) bundle {
 	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(credentials.NewTLS(tlsCfg)))
 	require.NoError(t, err)
 	t.Cleanup(func() { conn.Close() })
-	return bundle{store: store, pool: pool, clock: fake, client: attestorv1.NewAttestorServiceClient(conn)}
+	return bundle{store: store, pool: pool, clock: fake, client: attestorv1.NewAttestorServiceClient(conn), reg: reg}
 }
 
 // node is a simulated machine: its own swtpm, opened through the node-side library.

@@ -125,6 +125,15 @@ func New(cfg Config, store *inventory.Store, logger *slog.Logger, reg prometheus
 		if s.window, err = admission.New(admission.Config{Limit: cfg.MaxInFlight, TTL: cfg.SessionTTL, RetryAfter: cfg.RetryAfter}); err != nil {
 			return nil, fmt.Errorf("attestation: %w", err)
 		}
+		inFlight := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "attestboot_attestations_in_flight",
+			Help: "Sessions this replica has begun and not seen completed (admission control counts them against -max-in-flight).",
+		}, func() float64 { return float64(s.window.InFlight()) })
+		if reg != nil {
+			if err := reg.Register(inFlight); err != nil {
+				return nil, fmt.Errorf("attestation: register metrics: %w", err)
+			}
+		}
 	}
 	return s, nil
 }
