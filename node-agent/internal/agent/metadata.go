@@ -127,8 +127,10 @@ func (m *metadataClient) awaitPhoneHome(ctx context.Context, cfg SeedConfig, tun
 			// The service closes the tunnel only after recording a phone-home (or when it
 			// expires): closed after our attempt, the answer was lost, not the phone-home —
 			// under a storm's load the answer can take longer than the attempt's timeout. A
-			// retry could only wait for a peer that is gone until the boot's deadline.
-			if tried && m.closed(ctx) {
+			// retry could only wait for a peer that is gone until the boot's deadline. The probe
+			// gets as long as an attempt: a service too busy to answer within a second has not
+			// closed anything.
+			if tried && m.closed(ctx, phoneHomeTimeout) {
 				return nil
 			}
 			tried = true
@@ -138,13 +140,16 @@ func (m *metadataClient) awaitPhoneHome(ctx context.Context, cfg SeedConfig, tun
 	return m.waitClosed(ctx)
 }
 
+// phoneHomeTimeout bounds one phone-home attempt.
+const phoneHomeTimeout = 10 * time.Second
+
 // autoPhoneHomeWait is how long the agent gives cloud-init's own phone-home to close the tunnel
 // before it phones home itself.
 const autoPhoneHomeWait = 5 * time.Second
 
 // waitClosed polls until the tunnel is closed or ctx ends.
 func (m *metadataClient) waitClosed(ctx context.Context) error {
-	for !m.closed(ctx) {
+	for !m.closed(ctx, time.Second) {
 		select {
 		case <-ctx.Done():
 			return fmt.Errorf("tunnel still open: %w", ctx.Err())
@@ -154,10 +159,11 @@ func (m *metadataClient) waitClosed(ctx context.Context) error {
 	return nil
 }
 
-// closed probes the tunnel: it is closed once the service refuses or no longer answers.
-func (m *metadataClient) closed(ctx context.Context) bool {
+// closed probes the tunnel: it is closed once the service refuses, or gives no answer within
+// wait.
+func (m *metadataClient) closed(ctx context.Context, wait time.Duration) bool {
 	parent := ctx
-	ctx, cancel := context.WithTimeout(ctx, time.Second)
+	ctx, cancel := context.WithTimeout(ctx, wait)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, m.base+"meta-data", nil)
 	if err != nil {
@@ -185,7 +191,7 @@ func (m *metadataClient) phoneHome(ctx context.Context, root, tunnelID string) e
 		}
 		form.Set("pub_key_"+kt, v)
 	}
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	ctx, cancel := context.WithTimeout(ctx, phoneHomeTimeout)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, m.base+"phone-home", strings.NewReader(form.Encode()))
 	if err != nil {

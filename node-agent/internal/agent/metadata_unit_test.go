@@ -309,9 +309,9 @@ func TestClosedProbe(t *testing.T) {
 	f := newFakeMetadata()
 	m := serve(t, f)
 	ctx := context.Background()
-	require.False(t, m.closed(ctx), "documents still served: open")
+	require.False(t, m.closed(ctx, time.Second), "documents still served: open")
 	f.close()
-	require.True(t, m.closed(ctx), "403: the peer is gone from the service's view")
+	require.True(t, m.closed(ctx, time.Second), "403: the peer is gone from the service's view")
 
 	// No answer at all: the gateway removed the peer.
 	l, err := net.Listen("tcp", "127.0.0.1:0")
@@ -319,21 +319,28 @@ func TestClosedProbe(t *testing.T) {
 	addr := l.Addr().String()
 	require.NoError(t, l.Close())
 	gone := newMetadataClient(&http.Client{}, "http://"+addr)
-	require.True(t, gone.closed(ctx))
+	require.True(t, gone.closed(ctx, time.Second))
 
 	// A caller that gave up is not an answer.
 	cctx, cancel := context.WithCancel(ctx)
 	cancel()
-	require.False(t, gone.closed(cctx))
+	require.False(t, gone.closed(cctx, time.Second))
 
-	// A service that hangs counts as gone after the probe's timeout.
+	// A service that hangs counts as gone after the probe's wait, and not before.
 	var hung atomic.Bool
+	release := make(chan struct{})
 	slow := serve(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		hung.Store(true)
-		<-r.Context().Done()
+		select {
+		case <-r.Context().Done():
+		case <-release:
+			w.WriteHeader(http.StatusOK) // a busy service answering after 300 ms
+		}
 	}))
 	start := time.Now()
-	require.True(t, slow.closed(ctx))
+	require.True(t, slow.closed(ctx, 200*time.Millisecond))
 	require.True(t, hung.Load())
-	require.Less(t, time.Since(start), 3*time.Second)
+	require.Less(t, time.Since(start), 2*time.Second)
+	time.AfterFunc(300*time.Millisecond, func() { close(release) })
+	require.False(t, slow.closed(ctx, 2*time.Second), "a longer wait hears the busy service answer: open")
 }
