@@ -17,11 +17,7 @@ var (
 )
 
 // GroupQueued is how many GroupTx callers wait for the next shared transaction.
-func GroupQueued(s *Store) int {
-	s.group.mu.Lock()
-	defer s.group.mu.Unlock()
-	return len(s.group.queue)
-}
+func GroupQueued(s *Store) int { return s.group.Len() }
 
 // QueryRowForTest runs raw SQL on q (the pool, a transaction or a savepoint).
 func (q *Queries) QueryRowForTest(ctx context.Context, sql string, args ...any) pgx.Row {

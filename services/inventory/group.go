@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -32,14 +31,6 @@ type groupJob struct {
 	done chan error
 }
 
-// grouper queues GroupTx callers for the goroutine that runs them; that goroutine exists only
-// while there is work, so a Store needs no Close for it.
-type grouper struct {
-	mu      sync.Mutex
-	queue   []*groupJob
-	running bool
-}
-
 // GroupTx runs fn atomically, like InTx, but in a transaction shared with other concurrent
 // callers of GroupTx (group commit). fn runs in a savepoint of its own: if it returns an error
 // (or a statement fails) its changes are rolled back and the others' are not. GroupTx returns
@@ -54,34 +45,8 @@ type grouper struct {
 // caller's cancellation cannot break the others' transaction.
 func (s *Store) GroupTx(ctx context.Context, fn func(q *Queries) error) error {
 	j := &groupJob{ctx: ctx, fn: fn, done: make(chan error, 1)}
-	g := &s.group
-	g.mu.Lock()
-	g.queue = append(g.queue, j)
-	start := !g.running
-	g.running = true
-	g.mu.Unlock()
-	if start {
-		go s.runGroups()
-	}
+	s.group.Add(j)
 	return <-j.done
-}
-
-// runGroups runs queued callers, up to maxGroup per transaction, until the queue is empty.
-func (s *Store) runGroups() {
-	g := &s.group
-	for {
-		g.mu.Lock()
-		n := min(len(g.queue), maxGroup)
-		if n == 0 {
-			g.running = false
-			g.mu.Unlock()
-			return
-		}
-		jobs := g.queue[:n:n]
-		g.queue = g.queue[n:]
-		g.mu.Unlock()
-		s.runGroup(jobs)
-	}
 }
 
 func (s *Store) runGroup(jobs []*groupJob) {

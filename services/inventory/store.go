@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/attestboot/attestboot/services/batch"
 	"github.com/attestboot/attestboot/services/clock"
 )
 
@@ -48,17 +49,19 @@ type Store struct {
 	*Queries
 	pool  *pgxpool.Pool
 	clock clock.Clock
-	group grouper // GroupTx's queue
+	group *batch.Queue[*groupJob] // GroupTx's callers
 }
 
 // New returns a store over pool. The schema must already be migrated (see Migrate).
 func New(pool *pgxpool.Pool, opts Options) *Store {
 	opts.setDefaults()
-	return &Store{
+	s := &Store{
 		Queries: &Queries{db: pool, clock: opts.Clock},
 		pool:    pool,
 		clock:   opts.Clock,
 	}
+	s.group = &batch.Queue[*groupJob]{Run: s.runGroup, Max: maxGroup}
+	return s
 }
 
 // Pool returns the pool the store runs on.

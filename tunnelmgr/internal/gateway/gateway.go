@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
+	"github.com/attestboot/attestboot/services/batch"
 	"github.com/attestboot/attestboot/services/inventory"
 )
 
@@ -64,10 +65,9 @@ type Gateway struct {
 	// an unknown one.
 	mu sync.Mutex
 
-	// The peer changes of concurrent AddPeer and RemovePeer calls, applied together.
-	batchMu  sync.Mutex
-	batch    []peerChange
-	applying bool
+	// changes queues the peer changes of concurrent AddPeer and RemovePeer calls, applied
+	// together.
+	changes *batch.Queue[peerChange]
 }
 
 // peerChange is one caller's peer change and where its outcome goes.
@@ -103,7 +103,9 @@ func New(cfg Config, dev wgDevice, store *inventory.Store, logger *slog.Logger, 
 			}
 		}
 	}
-	return &Gateway{cfg: cfg, dev: dev, store: store, logger: logger, metrics: m}, nil
+	g := &Gateway{cfg: cfg, dev: dev, store: store, logger: logger, metrics: m}
+	g.changes = &batch.Queue[peerChange]{Run: g.apply}
+	return g, nil
 }
 
 // Name of the gateway.
@@ -149,43 +151,20 @@ func (g *Gateway) RemovePeer(t inventory.Tunnel) error {
 // were asked for. It returns once the change is on the device.
 func (g *Gateway) change(pc wgtypes.PeerConfig, what string) error {
 	c := peerChange{pc: pc, what: what, done: make(chan error, 1)}
-	g.batchMu.Lock()
-	g.batch = append(g.batch, c)
-	start := !g.applying
-	g.applying = true
-	g.batchMu.Unlock()
-	if start {
-		go g.applyBatches()
-	}
+	g.changes.Add(c)
 	return <-c.done
 }
 
-// applyBatches applies queued changes, all that are queued at each turn, until none is left.
-func (g *Gateway) applyBatches() {
-	for {
-		g.batchMu.Lock()
-		batch := g.batch
-		g.batch = nil
-		if len(batch) == 0 {
-			g.applying = false
-			g.batchMu.Unlock()
-			return
-		}
-		g.batchMu.Unlock()
-		g.apply(batch)
-	}
-}
-
-func (g *Gateway) apply(batch []peerChange) {
+func (g *Gateway) apply(changes []peerChange) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	peers := make([]wgtypes.PeerConfig, len(batch))
-	for i, c := range batch {
+	peers := make([]wgtypes.PeerConfig, len(changes))
+	for i, c := range changes {
 		peers[i] = c.pc
 	}
 	err := g.dev.ConfigureDevice(g.cfg.Interface, wgtypes.Config{Peers: peers})
-	if err == nil || len(batch) == 1 {
-		for _, c := range batch {
+	if err == nil || len(changes) == 1 {
+		for _, c := range changes {
 			if err != nil {
 				c.done <- fmt.Errorf("gateway: %s: %w", c.what, err)
 			} else {
@@ -195,7 +174,7 @@ func (g *Gateway) apply(batch []peerChange) {
 		return
 	}
 	// Whose change failed? One at a time, so each caller gets its own outcome.
-	for _, c := range batch {
+	for _, c := range changes {
 		if err := g.dev.ConfigureDevice(g.cfg.Interface, wgtypes.Config{Peers: []wgtypes.PeerConfig{c.pc}}); err != nil {
 			c.done <- fmt.Errorf("gateway: %s: %w", c.what, err)
 		} else {
