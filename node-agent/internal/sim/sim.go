@@ -177,10 +177,10 @@ type swtpm struct{ *tpmtest.TPM }
 // softTPM is a node's in-process TPM, opened through OpenTPM.
 type softTPM struct{ *softtpm.TPM }
 
-// Run starts one swtpm per node (manufacturing the missing ones into the cache), enrolls the
-// nodes if asked, lets them arrive at the configured rate, runs the agent's boot for each with
-// a netstack WireGuard end, and returns what it measured. The report is complete whatever the
-// nodes' outcome; the error is for a simulation that could not run.
+// Run makes the nodes' TPMs ready (see startTPMs; missing ones are made into the cache),
+// enrolls the nodes if asked, lets them arrive at the configured rate, runs the agent's boot for
+// each with a netstack WireGuard end, and returns what it measured. The report is complete
+// whatever the nodes' outcome; the error is for a simulation that could not run.
 func Run(ctx context.Context, cfg Config) (Report, error) {
 	if err := cfg.validate(); err != nil {
 		return Report{}, err
