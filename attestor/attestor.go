@@ -67,7 +67,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.RateWindow, "rate-window", c.RateWindow, "window of the per-node and per-EK attempt limits")
 	fs.IntVar(&c.MaxPerNode, "max-per-node", c.MaxPerNode, "BeginAttestation calls allowed per node per window")
 	fs.IntVar(&c.MaxInFlight, "max-in-flight", c.MaxInFlight, "attestations this replica runs at once (begun, not completed); beyond, nodes are told to retry later (0: no limit)")
-	fs.DurationVar(&c.RetryAfter, "retry-after", c.RetryAfter, "how long a node turned away by -max-in-flight is told to wait (it adds jitter)")
+	fs.DurationVar(&c.RetryAfter, "retry-after", c.RetryAfter, "the shortest wait a node turned away by -max-in-flight is told (later ones get later retry slots, up to 30s)")
 	fs.IntVar(&c.MaxPerEK, "max-per-ek", c.MaxPerEK, "BeginAttestation calls allowed per EK per window")
 	fs.StringVar(&c.EKRootsDir, "ek-roots", c.EKRootsDir, "directory of trusted TPM manufacturer CA certificates (empty: no EK certificate checks)")
 	fs.BoolVar(&c.EnrollByCA, "enroll-by-ca", c.EnrollByCA, "enroll unenrolled nodes whose EK certificate chains to -ek-roots")

@@ -4,6 +4,13 @@
 // the machine can finish costs its share of every phase after it and makes all the others
 // slower, until sessions expire and the work is lost. Admission control keeps the work in
 // flight to what completes.
+//
+// The hints are retry slots: the window measures how many sessions it completes per second
+// and gives the nodes it turns away times to come back spaced at twice that rate, one after
+// the other, up to MaxRetryAfter ahead. So ten thousand nodes turned away together come back
+// as a stream the attestor can take, instead of all every second (each return is a refused
+// call and an event in the inventory's log: at 10,000 nodes with a fixed one-second hint that
+// was 22 refusals per node).
 package admission
 
 import (
@@ -20,8 +27,12 @@ type Config struct {
 	Limit int
 	// TTL is how long a session counts when it is never completed: the attestor's session TTL.
 	TTL time.Duration
-	// RetryAfter is the hint given to a node turned away; the node adds jitter. Default 1 s.
+	// RetryAfter is the shortest hint given to a node turned away, and the hint while no
+	// completion has been measured yet; the node adds jitter. Default 1 s.
 	RetryAfter time.Duration
+	// MaxRetryAfter is the longest hint (retry slots are handed out this far ahead at most).
+	// Default 30 s (what the node agent accepts), or RetryAfter if longer.
+	MaxRetryAfter time.Duration
 	// Clock; default the system clock.
 	Clock clock.Clock
 }
@@ -34,6 +45,8 @@ type Window struct {
 	reserved int                  // admitted, session not yet created
 	pending  map[string]time.Time // session id → when it stops counting
 	order    []entry              // pending in creation order, for expiry
+	done     meter                // completions, for the retry slots
+	nextSlot time.Time            // the next free retry slot
 }
 
 type entry struct {
@@ -46,6 +59,9 @@ func New(cfg Config) (*Window, error) {
 	if cfg.RetryAfter == 0 {
 		cfg.RetryAfter = time.Second
 	}
+	if cfg.MaxRetryAfter == 0 {
+		cfg.MaxRetryAfter = max(30*time.Second, cfg.RetryAfter)
+	}
 	if cfg.Clock == nil {
 		cfg.Clock = clock.System()
 	}
@@ -54,6 +70,8 @@ func New(cfg Config) (*Window, error) {
 		return nil, errors.New("admission: the limit must allow at least one session")
 	case cfg.TTL <= 0 || cfg.RetryAfter < 0:
 		return nil, errors.New("admission: TTL must be positive and RetryAfter not negative")
+	case cfg.MaxRetryAfter < cfg.RetryAfter:
+		return nil, errors.New("admission: MaxRetryAfter is shorter than RetryAfter")
 	}
 	return &Window{cfg: cfg, pending: map[string]time.Time{}}, nil
 }
@@ -108,7 +126,10 @@ func (t *Ticket) Cancel() {
 func (w *Window) Done(id string) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	delete(w.pending, id)
+	if _, ok := w.pending[id]; ok {
+		delete(w.pending, id)
+		w.done.add(w.cfg.Clock.Now())
+	}
 }
 
 // InFlight is how many places are taken.
@@ -119,8 +140,32 @@ func (w *Window) InFlight() int {
 	return w.reserved + len(w.pending)
 }
 
-// RetryAfter is the hint for a node turned away.
-func (w *Window) RetryAfter() time.Duration { return w.cfg.RetryAfter }
+// RetryAfter hands a node turned away its retry slot: how long it should wait. Each call takes
+// a slot, so call it once per node turned away. The slots follow each other at twice the
+// measured completion rate (half of the nodes coming back find a place, the rest take new
+// slots: enough to keep the window full when the rate is underestimated, few enough to spare
+// most refusals), starting no sooner than RetryAfter. Beyond MaxRetryAfter no slot is taken:
+// those nodes are told MaxRetryAfter and will take one when they come back. Before the first
+// completion every node is told RetryAfter.
+func (w *Window) RetryAfter() time.Duration {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	now := w.cfg.Clock.Now()
+	rate := w.done.rate(now)
+	if rate <= 0 {
+		return w.cfg.RetryAfter
+	}
+	slot := now.Add(w.cfg.RetryAfter)
+	if w.nextSlot.After(slot) {
+		slot = w.nextSlot
+	}
+	wait := slot.Sub(now)
+	if wait > w.cfg.MaxRetryAfter {
+		return w.cfg.MaxRetryAfter
+	}
+	w.nextSlot = slot.Add(time.Duration(float64(time.Second) / (2 * rate)))
+	return wait
+}
 
 // expire drops sessions past their TTL; w.mu is held. order is in creation order, so the
 // expired ones are at its front (completed ones are skipped there when their turn comes).
@@ -143,4 +188,53 @@ func (w *Window) expire() {
 		}
 		w.order = kept
 	}
+}
+
+// meterSpan is how far back the completion rate looks.
+const meterSpan = 5 * time.Second
+
+// meter estimates events per second over the last meterSpan: the count of the current span
+// plus the previous span's rate weighted by how much of it still falls in the last meterSpan
+// (a sliding-window counter).
+type meter struct {
+	start time.Time // start of the current span
+	count int       // events in the current span
+	prev  float64   // events per second in the previous span; -1 before it was measured
+	began bool
+}
+
+func (m *meter) add(now time.Time) {
+	m.roll(now)
+	m.count++
+}
+
+func (m *meter) roll(now time.Time) {
+	if !m.began {
+		m.start, m.prev, m.began = now, -1, true
+		return
+	}
+	if el := now.Sub(m.start); el >= meterSpan {
+		if el >= 2*meterSpan {
+			m.prev = 0 // nothing happened in the span before now's
+		} else {
+			m.prev = float64(m.count) / el.Seconds()
+		}
+		m.start, m.count = now, 0
+	}
+}
+
+// rate is events per second, or 0 before any event.
+func (m *meter) rate(now time.Time) float64 {
+	if !m.began {
+		return 0
+	}
+	m.roll(now)
+	el := now.Sub(m.start)
+	if m.prev < 0 {
+		// Still in the first span: what it counted so far, over at least a second so that
+		// the first completions do not read as a huge rate.
+		return float64(m.count) / max(el, time.Second).Seconds()
+	}
+	rest := (meterSpan - el).Seconds() / meterSpan.Seconds()
+	return (float64(m.count) + m.prev*rest*meterSpan.Seconds()) / meterSpan.Seconds()
 }

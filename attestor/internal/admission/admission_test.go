@@ -107,8 +107,69 @@ func TestWindowUnderContention(t *testing.T) {
 
 func TestNewRefusesBadConfig(t *testing.T) {
 	t.Parallel()
-	for _, cfg := range []admission.Config{{Limit: 0, TTL: time.Minute}, {Limit: 1}, {Limit: 1, TTL: time.Minute, RetryAfter: -1}} {
+	for _, cfg := range []admission.Config{
+		{Limit: 0, TTL: time.Minute}, {Limit: 1}, {Limit: 1, TTL: time.Minute, RetryAfter: -1},
+		{Limit: 1, TTL: time.Minute, RetryAfter: 2 * time.Second, MaxRetryAfter: time.Second},
+	} {
 		_, err := admission.New(cfg)
 		require.Error(t, err, "%+v", cfg)
 	}
+}
+
+// complete runs n sessions through the window, one every step of the clock.
+func complete(t *testing.T, w *admission.Window, clk *clock.Fake, n int, step time.Duration) {
+	t.Helper()
+	for i := range n {
+		tk, ok := w.Admit()
+		require.True(t, ok)
+		id := fmt.Sprintf("c%d-%d", clk.Now().UnixNano(), i)
+		tk.Keep(id)
+		w.Done(id)
+		clk.Advance(step)
+	}
+}
+
+// TestRetrySlotsFollowTheCompletionRate: nodes turned away are given times to come back one
+// after the other at twice the rate sessions complete, from RetryAfter up to MaxRetryAfter;
+// past that horizon they are all told MaxRetryAfter and no slot is used up.
+func TestRetrySlotsFollowTheCompletionRate(t *testing.T) {
+	t.Parallel()
+	w, clk := newWindow(t, 4)
+	for range 3 {
+		require.Equal(t, time.Second, w.RetryAfter(), "nothing completed yet: the base hint")
+	}
+	w.Done("never-begun-here")
+	require.Equal(t, time.Second, w.RetryAfter(), "another replica's completion is not measured")
+
+	complete(t, w, clk, 100, 100*time.Millisecond) // 10 per second for 10 s
+	const spacing = time.Second / 20               // 1 / (2 × 10 per second)
+
+	var hints []time.Duration
+	for {
+		h := w.RetryAfter()
+		hints = append(hints, h)
+		if h == 30*time.Second {
+			break
+		}
+		require.Less(t, len(hints), 10_000, "the slots never reached the horizon")
+	}
+	require.Equal(t, time.Second, hints[0], "the first slot is RetryAfter away")
+	for i := 1; i < len(hints)-1; i++ {
+		require.InDelta(t, float64(spacing), float64(hints[i]-hints[i-1]), float64(spacing)/10, "slot %d", i)
+	}
+	// (30 s - 1 s) / 50 ms slots fit before the horizon.
+	require.InDelta(t, 29*time.Second/spacing, len(hints)-1, 5)
+	for range 100 {
+		require.Equal(t, 30*time.Second, w.RetryAfter(), "beyond the horizon: the longest hint, no slot taken")
+	}
+	clk.Advance(10 * time.Second)
+	complete(t, w, clk, 1, 0) // the rate is still measured: 20 s of slots remain ahead
+	require.InDelta(t, float64(20*time.Second), float64(w.RetryAfter()), float64(200*time.Millisecond))
+
+	// Nothing completes for a while: back to the base hint, and the old slots are gone.
+	clk.Advance(time.Minute)
+	require.Equal(t, time.Second, w.RetryAfter())
+	complete(t, w, clk, 10, 100*time.Millisecond)
+	require.Equal(t, time.Second, w.RetryAfter(), "slots start again from RetryAfter")
+	require.Greater(t, w.RetryAfter(), time.Second)
 }

@@ -41,7 +41,8 @@ type Config struct {
 	MaxPerEK   int
 	// MaxInFlight bounds the sessions this replica has begun and not yet seen completed
 	// (admission control, see internal/admission); beyond it BeginAttestation answers
-	// ResourceExhausted with a RetryInfo of RetryAfter (default 1 s). 0 admits everyone.
+	// ResourceExhausted with a RetryInfo of a retry slot, RetryAfter (default 1 s) or later
+	// (see admission.Window.RetryAfter). 0 admits everyone.
 	MaxInFlight int
 	RetryAfter  time.Duration
 	// EK is the enrollment policy.

@@ -38,9 +38,11 @@ func retry(ctx context.Context, b Backoff, retryable func(error) bool, op func(c
 		}
 		wait := time.Duration(rand.Int64N(int64(bound) + 1))
 		if hint := retryHint(err); hint > 0 {
-			// The service said when: no sooner, and spread over as long again so that the
-			// nodes it turned away together do not come back together.
-			wait = hint + time.Duration(rand.Int64N(int64(hint)+1))
+			// The service said when: no sooner, and a little later at random so that nodes
+			// given the same hint do not come back in step. Only a little: the attestor
+			// hands out hints as retry slots, spread at the rate it completes attestations,
+			// which a larger jitter would undo.
+			wait = hint + time.Duration(rand.Int64N(int64(hint/hintJitter)+1))
 		}
 		select {
 		case <-ctx.Done():
@@ -50,6 +52,9 @@ func retry(ctx context.Context, b Backoff, retryable func(error) bool, op func(c
 		bound = min(bound*2, b.Max)
 	}
 }
+
+// hintJitter: a hint is waited out plus up to a hintJitter-th of it.
+const hintJitter = 4
 
 // maxRetryHint caps what a service may ask a node to wait, so that a wrong hint cannot stall
 // a boot.
