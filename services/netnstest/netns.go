@@ -271,7 +271,7 @@ func Sweep(ctx context.Context, log *slog.Logger) error {
 				continue
 			}
 			log.Info("sweeping leftover interface", "name", i.Name)
-			if err := ip(ctx, "link", "delete", i.Name); err != nil && !strings.Contains(err.Error(), "Cannot find device") {
+			if err := ip(ctx, "link", "delete", i.Name); err != nil && linkExists(i.Name) {
 				errs = append(errs, err)
 				continue
 			}
@@ -309,11 +309,19 @@ func Sweep(ctx context.Context, log *slog.Logger) error {
 	return errors.Join(errs...)
 }
 
+// linkExists reports whether this namespace has an interface called name. After a failed
+// delete it tells "already gone" (such as the peer of a veth deleted just before, which ip
+// reports as "Cannot find device" or, racing the kernel, "No such device") from a failure.
+func linkExists(name string) bool {
+	_, err := net.InterfaceByName(name)
+	return err == nil
+}
+
 func exists(name string) bool {
 	if _, err := os.Stat(filepath.Join(NetnsDir, name)); err == nil {
 		return true
 	}
-	if _, err := net.InterfaceByName(name); err == nil {
+	if linkExists(name) {
 		return true
 	}
 	_, err := os.Stat(filepath.Join(WireGuardSocketDir, name+".sock"))

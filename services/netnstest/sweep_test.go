@@ -2,10 +2,13 @@ package netnstest
 
 import (
 	"context"
+	"fmt"
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -37,7 +40,9 @@ func TestSweepRemovesOnlyLeftovers(t *testing.T) {
 	orphan(t, dead.Name())
 
 	// Our pattern but never registered: the owner died between naming and registering.
-	unregistered := Prefix + "0badf00dx"
+	unregistered, err := NewName("unreg")
+	require.NoError(t, err)
+	Release(unregistered)
 	require.NoError(t, ip(ctx, "netns", "add", unregistered))
 	t.Cleanup(func() { _ = ip(context.Background(), "netns", "delete", unregistered) })
 
@@ -65,10 +70,15 @@ func TestSweepRemovesOnlyLeftovers(t *testing.T) {
 	orphan(t, linkA)
 	orphan(t, linkB)
 
-	require.NoError(t, Sweep(ctx, nil))
+	var swept strings.Builder
+	require.NoError(t, Sweep(ctx, slog.New(slog.NewTextHandler(&swept, nil))))
 
 	exists := func(p string) bool { _, err := os.Stat(p); return err == nil }
-	require.True(t, exists(live.Path()), "a live process's namespace was swept")
+	if !exists(live.Path()) {
+		// Seen once in CI (1 in a few hundred runs on a fresh machine), not understood yet:
+		// say everything that could tell why.
+		t.Fatalf("a live process's namespace was swept: %s\nthis sweep:\n%s", state(live.Name()), swept.String())
+	}
 	require.True(t, ownerAlive(live.Name()))
 	require.True(t, exists(filepath.Join(NetnsDir, foreign)), "a name of another pattern was swept")
 	require.False(t, exists(dead.Path()), "leftover namespace kept")
@@ -79,4 +89,26 @@ func TestSweepRemovesOnlyLeftovers(t *testing.T) {
 	for _, n := range []string{dead.Name(), sockName, linkA, linkB} {
 		require.False(t, exists(filepath.Join(RegistryDir, n)), "registration of %s kept", n)
 	}
+}
+
+// state describes the namespaces and registrations there are, for a failure message.
+func state(name string) string {
+	var b strings.Builder
+	_, err := os.Stat(filepath.Join(NetnsDir, name))
+	fmt.Fprintf(&b, "stat %s: %v; owner alive: %v; pid %d", name, err, ownerAlive(name), os.Getpid())
+	for _, dir := range []string{NetnsDir, RegistryDir} {
+		entries, err := os.ReadDir(dir)
+		fmt.Fprintf(&b, "\n%s (%v):", dir, err)
+		for _, e := range entries {
+			reg, _ := os.ReadFile(filepath.Join(RegistryDir, e.Name()))
+			fmt.Fprintf(&b, " %s[%s]", e.Name(), strings.TrimSpace(string(reg)))
+		}
+	}
+	mounts, _ := os.ReadFile("/proc/self/mountinfo")
+	for _, l := range strings.Split(string(mounts), "\n") {
+		if strings.Contains(l, NetnsDir) {
+			fmt.Fprintf(&b, "\nmount: %s", l)
+		}
+	}
+	return b.String()
 }
