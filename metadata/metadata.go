@@ -44,8 +44,10 @@ type Config struct {
 	PhoneHomeTries int
 	// CloseDelay is how long after a phone-home answer the tunnel is closed.
 	CloseDelay time.Duration
-	// CacheTTL bounds how long the datasource serves a tunnel's data without re-reading it
-	// (tunnel changes invalidate it at once); negative re-reads on every request.
+	// CacheTTL bounds how long the datasource serves a tunnel's data without re-reading it;
+	// tunnel changes and change notifications (inventory.ChannelNodeDocs) invalidate it at
+	// once, and without notifications it is kept at most 1 s. Negative re-reads on every
+	// request.
 	CacheTTL time.Duration
 
 	// KEKFile holds the key-encryption key of secrets (32 raw bytes or 64 hex characters) and
@@ -69,7 +71,7 @@ func DefaultConfig() Config {
 		HTTPListen:     "100.64.0.1:80",
 		PhoneHomeTries: 10,
 		CloseDelay:     500 * time.Millisecond,
-		CacheTTL:       time.Second,
+		CacheTTL:       time.Minute,
 		KEKID:          "kek1",
 	}
 }
@@ -84,7 +86,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.BaseURL, "base-url", c.BaseURL, "URL nodes reach the datasource at, for phone_home (default http://<http-listen><prefix>)")
 	fs.IntVar(&c.PhoneHomeTries, "phone-home-tries", c.PhoneHomeTries, "cloud-init phone_home tries")
 	fs.DurationVar(&c.CloseDelay, "close-delay", c.CloseDelay, "delay between the phone-home answer and closing the tunnel")
-	fs.DurationVar(&c.CacheTTL, "cache-ttl", c.CacheTTL, "how long a tunnel's data is served without re-reading it; tunnel changes invalidate it at once (negative: re-read on every request)")
+	fs.DurationVar(&c.CacheTTL, "cache-ttl", c.CacheTTL, "how long a tunnel's data is served without re-reading it; tunnel and data changes (notified by the inventory) invalidate it at once, and it is kept at most 1s while notifications are not received (negative: re-read on every request)")
 	fs.StringVar(&c.KEKFile, "kek-file", c.KEKFile, "key-encryption key of secrets: 32 raw bytes or 64 hex characters, mode 0600")
 	fs.StringVar(&c.KEKID, "kek-id", c.KEKID, "id of the key in -kek-file, recorded with every secret it seals")
 	fs.Var((*config.StringList)(&c.KEKPrevious), "kek-previous", "older keys that still open secrets: id=path,...")
@@ -186,6 +188,7 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 	dsCfg := datasource.Config{
 		Gateway: cfg.Gateway, Listen: cfg.HTTPListen, ReusePort: cfg.GRPC.ReusePort, Interface: cfg.WGInterface, Prefix: cfg.Prefix,
 		BaseURL: cfg.BaseURL, PhoneHomeTries: cfg.PhoneHomeTries, CloseDelay: cfg.CloseDelay, CacheTTL: cfg.CacheTTL,
+		WatchChanges: true,
 	}
 	docs := nodedocs.New(store, keys, datasource.PhoneHome(dsCfg))
 	ds, err := datasource.New(dsCfg, store, docs, closer, logger, reg)

@@ -18,6 +18,9 @@ const (
 	ChannelEvents = "attestboot_events"
 	// ChannelTunnels carries the name of a gateway whose tunnels changed.
 	ChannelTunnels = "attestboot_tunnels"
+	// ChannelNodeDocs says that something node documents are made of changed (node facts,
+	// groups, memberships, cloud-init data, secrets); its payload is empty.
+	ChannelNodeDocs = "attestboot_node_docs"
 )
 
 // Notify sends payload on channel. Inside InTx it is delivered only if, and when, the
@@ -104,6 +107,18 @@ type Listener struct {
 	cfg     ListenerConfig
 	c       chan Notification
 	running atomic.Bool
+	// state is 2 × the number of sessions that got as far as listening, plus 1 while the
+	// current one listens (see Listening).
+	state atomic.Uint64
+}
+
+// Listening reports whether the listener is listening now, and which session of it: a
+// receiver that keeps something only as long as no notification says otherwise can tell
+// whether notifications were missed in between (the session changed, or it is not listening).
+// A silently dropped connection is noticed within PingInterval and the ping's timeout.
+func (l *Listener) Listening() (session uint64, ok bool) {
+	s := l.state.Load()
+	return s / 2, s%2 == 1
 }
 
 // NewListener returns a listener that connects like pool does. Call Run to start it.
@@ -163,6 +178,8 @@ func (l *Listener) session(ctx context.Context) (listened bool, err error) {
 			return false, fmt.Errorf("listen %q: %w", ch, err)
 		}
 	}
+	l.state.Add(3) // next session, listening
+	defer l.state.Add(^uint64(0))
 	for _, ch := range l.cfg.Channels {
 		if !l.deliver(ctx, Notification{Channel: ch, Reset: true}) {
 			return true, ctx.Err()

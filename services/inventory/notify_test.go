@@ -91,6 +91,9 @@ func TestListenerReconnects(t *testing.T) {
 	ctx := context.Background()
 	b := setup(t)
 	lis := startListener(t, b, "custom")
+	session, ok := lis.l.Listening()
+	require.True(t, ok)
+	require.Equal(t, uint64(1), session)
 
 	// Kill the listener's backend, as a server restart or a network failure would.
 	var killed bool
@@ -102,6 +105,9 @@ func TestListenerReconnects(t *testing.T) {
 	n := receive(t, lis.l)
 	require.Equal(t, inventory.Notification{Channel: "custom", Reset: true}, n,
 		"after reconnecting the listener says it may have missed notifications")
+	session, ok = lis.l.Listening()
+	require.True(t, ok)
+	require.Equal(t, uint64(2), session, "a new session: notifications may have been missed")
 	require.NoError(t, b.store.Notify(ctx, "custom", "after"))
 	require.Equal(t, inventory.Notification{Channel: "custom", Payload: "after"}, receive(t, lis.l))
 }
@@ -122,6 +128,8 @@ func TestListenerStopsWithContext(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("Run did not return after ctx ended")
 	}
+	_, listening := l.Listening()
+	require.False(t, listening)
 	_, open := <-l.Notifications()
 	require.False(t, open, "the channel is closed when Run returns")
 	require.Error(t, l.Run(context.Background()), "Run may be called once")
@@ -138,4 +146,46 @@ func TestListenerConfigValidation(t *testing.T) {
 		_, err := inventory.NewListener(nil, cfg)
 		require.Error(t, err, name)
 	}
+}
+
+// TestNodeDocsChangesNotify: every change to what node documents are made of notifies
+// ChannelNodeDocs, once per statement; the columns a boot updates do not.
+func TestNodeDocsChangesNotify(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	b := setup(t)
+	_, err := b.store.CreateNode(ctx, inventory.Node{ID: "n1", Enabled: true})
+	require.NoError(t, err)
+	lis := startListener(t, b, "custom", inventory.ChannelNodeDocs)
+	docs := inventory.Notification{Channel: inventory.ChannelNodeDocs}
+
+	for _, c := range []struct {
+		name   string
+		change func() error
+	}{
+		{"group", func() error { _, err := b.store.CreateGroup(ctx, inventory.Group{Name: "g"}); return err }},
+		{"member", func() error { return b.store.AddGroupMember(ctx, "g", "n1") }},
+		{"cloud-init data", func() error {
+			_, err := b.store.SetCloudInitData(ctx, inventory.CloudInitData{Scope: inventory.NodeScope("n1"), UserData: "#cloud-config\n"})
+			return err
+		}},
+		{"secret", func() error {
+			_, err := b.store.PutSecret(ctx, inventory.Secret{Scope: inventory.GroupScope("g"), Name: "k", Ciphertext: []byte("c"), Nonce: make([]byte, 12), KeyID: "k1"})
+			return err
+		}},
+		{"hostname", func() error {
+			_, err := b.pool.Exec(ctx, `UPDATE nodes SET hostname = 'n1.example' WHERE id = 'n1'`)
+			return err
+		}},
+	} {
+		require.NoError(t, c.change(), c.name)
+		require.Equal(t, docs, receive(t, lis.l), c.name)
+	}
+
+	// A boot updates the node's last_boot_at: nothing its documents show. Notifications
+	// arrive in commit order, so the next one is the marker sent after it.
+	_, err = b.store.MarkNodeBooted(ctx, "n1")
+	require.NoError(t, err)
+	require.NoError(t, b.store.Notify(ctx, "custom", "marker"))
+	require.Equal(t, inventory.Notification{Channel: "custom", Payload: "marker"}, receive(t, lis.l))
 }

@@ -32,14 +32,19 @@ type sourceReader interface {
 // read answers only a request whose address is still owned by the same open tunnel, in the
 // same phone-home state. So a closed tunnel is refused at its first request after the close,
 // and an address handed to another node's new tunnel never gets the old node's documents. What
-// is cached is the rest (node, groups, cloud-init data, secrets, rendered documents), for at
-// most ttl, or until this process changes it (admin writes, phone-homes).
+// is cached is the rest (node, groups, cloud-init data, secrets, rendered documents), until
+// this process changes it (admin writes, phone-homes) or a change notification arrives (any
+// replica's or tool's change, see watchChanges), and for at most ttl. A read made while no
+// notifications could arrive (the listener was not connected, or was reconnected since) is
+// kept for at most unwatchedTTL.
 type cache struct {
 	gateway string
 	store   sourceReader
 	docs    *nodedocs.Builder
 	ttl     time.Duration
 	clock   clock.Clock
+	// watch says whether change notifications are being received; nil: never.
+	watch changeWatch
 
 	// gen counts invalidations of every view; a view read under an older gen is stale.
 	gen   atomic.Uint64
@@ -54,11 +59,23 @@ type slot struct {
 	cur  atomic.Pointer[view]
 }
 
+// unwatchedTTL bounds how long a read is kept when changes made elsewhere would go unnoticed.
+const unwatchedTTL = time.Second
+
+// changeWatch reports whether change notifications are being received, and in which session
+// of the listener (see inventory.Listener.Listening).
+type changeWatch interface {
+	Listening() (session uint64, ok bool)
+}
+
 // view is one read of a tunnel's documents source.
 type view struct {
 	src  inventory.NodeDocsSource
 	gen  uint64
 	read time.Time
+	// watched: notifications were received when the read began, in session watchSession.
+	watched      bool
+	watchSession uint64
 
 	mu   sync.Mutex
 	docs map[render.Kind]*document
@@ -74,14 +91,35 @@ type document struct {
 	recorded atomic.Bool
 }
 
-func newCache(gateway string, store sourceReader, docs *nodedocs.Builder, ttl time.Duration, clk clock.Clock) *cache {
-	return &cache{gateway: gateway, store: store, docs: docs, ttl: ttl, clock: clk, slots: map[netip.Addr]*slot{}}
+func newCache(gateway string, store sourceReader, docs *nodedocs.Builder, ttl time.Duration, clk clock.Clock, watch changeWatch) *cache {
+	return &cache{gateway: gateway, store: store, docs: docs, ttl: ttl, clock: clk, watch: watch, slots: map[netip.Addr]*slot{}}
 }
 
 // fresh reports whether v may answer a request now that ref owns its address.
 func (c *cache) fresh(v *view, ref inventory.TunnelRef) bool {
 	return v != nil && v.src.Tunnel.ID == ref.ID && v.src.Tunnel.PhonedHomeAt.Equal(ref.PhonedHomeAt) &&
-		v.gen == c.gen.Load() && c.clock.Now().Sub(v.read) < c.ttl
+		v.gen == c.gen.Load() && c.clock.Now().Sub(v.read) < c.lifetime(v)
+}
+
+// lifetime is how long v may be kept: ttl if every change since it was read would have been
+// notified, otherwise at most unwatchedTTL.
+func (c *cache) lifetime(v *view) time.Duration {
+	if v.watched {
+		if session, ok := c.watch.Listening(); ok && session == v.watchSession {
+			return c.ttl
+		}
+	}
+	return min(c.ttl, unwatchedTTL)
+}
+
+// newView starts a view of a read about to be made: what is known before reading (the
+// generation and the watch) is taken first, so that a change racing the read leaves it stale.
+func (c *cache) newView() *view {
+	v := &view{gen: c.gen.Load(), read: c.clock.Now(), docs: map[render.Kind]*document{}}
+	if c.watch != nil {
+		v.watchSession, v.watched = c.watch.Listening()
+	}
+	return v
 }
 
 // lookup returns the view of the open tunnel owning addr, reading it again unless the cached
@@ -113,20 +151,18 @@ func (c *cache) lookup(ctx context.Context, addr netip.Addr) (*view, error) {
 	if c.fresh(old, ref) {
 		return old, nil // another request re-read it meanwhile
 	}
-	// Read gen before the source, so an invalidation racing the read leaves the view stale.
-	gen := c.gen.Load()
-	now := c.clock.Now()
+	v := c.newView()
 	src, err := c.store.NodeDocsSourceByAddress(ctx, c.gateway, addr)
 	if err != nil {
 		s.cur.Store(nil)
 		return nil, err
 	}
+	v.src = src
 	if src.Tunnel.ID != ref.ID {
 		// The address changed hands between the two reads: answer from the newer read, but
 		// do not keep it, since ref no longer describes it.
-		return &view{src: src, gen: gen, read: now, docs: map[render.Kind]*document{}}, nil
+		return v, nil
 	}
-	v := &view{src: src, gen: gen, read: now, docs: map[render.Kind]*document{}}
 	if old != nil && sameSource(old.src, src) {
 		old.mu.Lock()
 		for k, d := range old.docs {

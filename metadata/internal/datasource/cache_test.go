@@ -9,6 +9,7 @@ import (
 
 	"github.com/attestboot/attestboot/metadata/internal/datasource"
 	"github.com/attestboot/attestboot/metadata/internal/tunneltest"
+	"github.com/attestboot/attestboot/services/clock"
 	"github.com/attestboot/attestboot/services/inventory"
 )
 
@@ -135,4 +136,53 @@ func TestRepeatedDeliveriesAreBatched(t *testing.T) {
 		require.NotContains(t, ev.Detail, "value")
 	}
 	require.NotContains(t, e.logs.String(), secretValue)
+}
+
+// TestCacheWatchesChanges: with changes watched, a change made by another process (another
+// replica, or attestctl through another service) shows at the first request after its
+// notification. The store's clock does not move here, so nothing but a notification can make
+// the datasource read again.
+func TestCacheWatchesChanges(t *testing.T) {
+	t.Parallel()
+	clk := clock.NewFake(time.Now())
+	e := setupStore(t, inventory.Options{Clock: clk}, func(c *datasource.Config) {
+		c.WatchChanges = true
+		c.CacheTTL = time.Hour
+	})
+	t1 := e.node(t, "n1", "h1")
+	c := client(t1.AddressV4)
+	url := "http://" + e.addr + "/user-data"
+	set := func(v string) {
+		_, err := e.store.SetCloudInitData(context.Background(), inventory.CloudInitData{Scope: inventory.NodeScope("n1"),
+			UserData: "#cloud-config\nruncmd: [echo " + v + "]\n"})
+		require.NoError(t, err)
+	}
+	shows := func(v string) func() bool {
+		return func() bool { _, body := get(t, c, url); return body == "#cloud-config\nruncmd:\n  - echo "+v+"\n" }
+	}
+	// The listener may start only now: its start drops every read too.
+	for _, v := range []string{"v1", "v2", "v3"} {
+		set(v)
+		require.Eventually(t, shows(v), 10*time.Second, 20*time.Millisecond, v)
+	}
+}
+
+// TestCacheUnwatchedLifetime: without change notifications a read is kept at most a second,
+// whatever CacheTTL says.
+func TestCacheUnwatchedLifetime(t *testing.T) {
+	t.Parallel()
+	clk := clock.NewFake(time.Now())
+	e := setupStore(t, inventory.Options{Clock: clk}, func(c *datasource.Config) { c.CacheTTL = time.Hour })
+	t1 := e.node(t, "n1", "h1")
+	c := client(t1.AddressV4)
+	url := "http://" + e.addr + "/user-data"
+	_, body := get(t, c, url)
+	require.Empty(t, body)
+	_, err := e.store.SetCloudInitData(context.Background(), inventory.CloudInitData{Scope: inventory.NodeScope("n1"), UserData: "#cloud-config\nruncmd: [echo v2]\n"})
+	require.NoError(t, err)
+	_, body = get(t, c, url)
+	require.Empty(t, body, "kept: less than a second has passed")
+	clk.Advance(time.Second)
+	_, body = get(t, c, url)
+	require.Equal(t, "#cloud-config\nruncmd:\n  - echo v2\n", body)
 }

@@ -75,8 +75,14 @@ func setup(t testing.TB) *env {
 // setupWith is setup with the datasource's configuration changed by mod.
 func setupWith(t testing.TB, mod func(*datasource.Config)) *env {
 	t.Helper()
+	return setupStore(t, inventory.Options{}, mod)
+}
+
+// setupStore is setupWith on a store made with opts.
+func setupStore(t testing.TB, opts inventory.Options, mod func(*datasource.Config)) *env {
+	t.Helper()
 	pool := pgtest.NewPool(t)
-	store := inventory.New(pool, inventory.Options{})
+	store := inventory.New(pool, opts)
 	ctx := context.Background()
 	_, err := store.UpsertGateway(ctx, inventory.Gateway{
 		Name: gw, PublicKey: bytes.Repeat([]byte{7}, 32), Endpoint: "127.0.0.1:51820",

@@ -68,10 +68,16 @@ type Config struct {
 	// Default 500 ms.
 	ListenRetry time.Duration
 	// CacheTTL is how long a read of a tunnel's data (node, groups, cloud-init data, secrets)
-	// and the documents rendered from it are served again (see cache); which tunnel owns the
-	// source address is checked on every request regardless. Default 1 s; negative re-reads on
-	// every request (documents are then still rendered only when what was read changed).
+	// and the documents rendered from it are served again (see cache) while changes are
+	// watched; which tunnel owns the source address is checked on every request regardless.
+	// Default 1 min; at most 1 s while changes made elsewhere could go unnoticed; negative
+	// re-reads on every request (documents are then still rendered only when what was read
+	// changed).
 	CacheTTL time.Duration
+	// WatchChanges listens for the inventory's notifications of changes to what documents
+	// are made of (inventory.ChannelNodeDocs: any replica's or tool's change) and drops the
+	// cached reads at each one. Without it, reads are kept at most 1 s.
+	WatchChanges bool
 	// AuditInterval is how often repeated secret deliveries are written as one event per
 	// tunnel and document (see audit). Default 1 s.
 	AuditInterval time.Duration
@@ -102,7 +108,7 @@ func (c *Config) setDefaults() {
 		c.ListenRetry = 500 * time.Millisecond
 	}
 	if c.CacheTTL == 0 {
-		c.CacheTTL = time.Second
+		c.CacheTTL = time.Minute
 	}
 	if c.AuditInterval == 0 {
 		c.AuditInterval = time.Second
@@ -133,6 +139,7 @@ type Server struct {
 	metrics *serverMetrics
 	cache   *cache
 	audit   *audit
+	watch   *inventory.Listener // nil unless cfg.WatchChanges
 
 	// closes tracks CloseTunnel calls started after phone-homes, so Serve returns after them.
 	closes sync.WaitGroup
@@ -157,10 +164,44 @@ func New(cfg Config, store *inventory.Store, docs *nodedocs.Builder, closer tunn
 	if err != nil {
 		return nil, err
 	}
-	return &Server{cfg: cfg, store: store, docs: docs, closer: closer, log: logger, metrics: m, base: context.Background(),
-		cache: newCache(cfg.Gateway, store, docs, cfg.CacheTTL, store.Clock()),
+	s := &Server{cfg: cfg, store: store, docs: docs, closer: closer, log: logger, metrics: m, base: context.Background(),
 		audit: newAudit(store, logger, store.Clock()),
-	}, nil
+	}
+	var watch changeWatch // nil, not a nil *inventory.Listener
+	if cfg.WatchChanges {
+		s.watch, err = inventory.NewListener(store.Pool(), inventory.ListenerConfig{
+			Channels: []string{inventory.ChannelNodeDocs}, Logger: logger,
+		})
+		if err != nil {
+			return nil, err
+		}
+		watch = s.watch
+	}
+	s.cache = newCache(cfg.Gateway, store, docs, cfg.CacheTTL, store.Clock(), watch)
+	return s, nil
+}
+
+// watchChanges drops every cached read at each change notification, and when the listener
+// (re)starts listening, since changes may have gone unnoticed before. It returns when ctx ends.
+func (s *Server) watchChanges(ctx context.Context) {
+	var run sync.WaitGroup
+	defer run.Wait()
+	run.Go(func() {
+		if err := s.watch.Run(ctx); err != nil {
+			s.log.Error("datasource: change listener", "err", err)
+		}
+	})
+	for {
+		select {
+		case _, ok := <-s.watch.Notifications():
+			if !ok {
+				return
+			}
+			s.cache.invalidateAll()
+		case <-ctx.Done():
+			return
+		}
+	}
 }
 
 // InvalidateAll makes the datasource read every tunnel's data again at its next request: the
@@ -253,6 +294,9 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 	bg, stopBG := context.WithCancel(context.WithoutCancel(ctx))
 	var bgDone sync.WaitGroup
 	bgDone.Go(func() { s.audit.run(bg, s.cfg.AuditInterval) })
+	if s.watch != nil {
+		bgDone.Go(func() { s.watchChanges(bg) })
+	}
 	defer func() {
 		stopBG()
 		bgDone.Wait()
