@@ -5,9 +5,10 @@
 // slower, until sessions expire and the work is lost. Admission control keeps the work in
 // flight to what completes.
 //
-// The hints are retry slots: the window measures how many sessions it completes per second
-// and gives the nodes it turns away times to come back spaced at twice that rate, one after
-// the other, up to MaxRetryAfter ahead. So ten thousand nodes turned away together come back
+// The hints are retry slots: the window estimates how many sessions it completes per second
+// (sessions in flight over their mean time in flight, Little's law) and gives the nodes it
+// turns away times to come back spaced at twice that rate, one after the other, up to
+// MaxRetryAfter ahead. So ten thousand nodes turned away together come back
 // as a stream the attestor can take, instead of all every second (each return is a refused
 // call and an event in the inventory's log: at 10,000 nodes with a fixed one-second hint that
 // was 22 refusals per node).
@@ -45,7 +46,8 @@ type Window struct {
 	reserved int                  // admitted, session not yet created
 	pending  map[string]time.Time // session id → when it stops counting
 	order    []entry              // pending in creation order, for expiry
-	done     meter                // completions, for the retry slots
+	latency  time.Duration        // mean time in flight of completed sessions (moving average)
+	lastDone time.Time            // when a counted session last completed
 	nextSlot time.Time            // the next free retry slot
 }
 
@@ -126,9 +128,16 @@ func (t *Ticket) Cancel() {
 func (w *Window) Done(id string) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if _, ok := w.pending[id]; ok {
+	if until, ok := w.pending[id]; ok {
 		delete(w.pending, id)
-		w.done.add(w.cfg.Clock.Now())
+		now := w.cfg.Clock.Now()
+		took := max(now.Sub(until.Add(-w.cfg.TTL)), time.Millisecond)
+		if w.latency == 0 {
+			w.latency = took
+		} else {
+			w.latency += (took - w.latency) / latencyWeight
+		}
+		w.lastDone = now
 	}
 }
 
@@ -140,21 +149,35 @@ func (w *Window) InFlight() int {
 	return w.reserved + len(w.pending)
 }
 
+// latencyWeight: each completion moves the mean time in flight by 1/latencyWeight of its
+// difference from it.
+const latencyWeight = 16
+
+// idleAfter: when no session has completed for this long, the completion rate is unknown.
+const idleAfter = 10 * time.Second
+
 // RetryAfter hands a node turned away its retry slot: how long it should wait. Each call takes
 // a slot, so call it once per node turned away. The slots follow each other at twice the
-// measured completion rate (half of the nodes coming back find a place, the rest take new
+// estimated completion rate (half of the nodes coming back find a place, the rest take new
 // slots: enough to keep the window full when the rate is underestimated, few enough to spare
 // most refusals), starting no sooner than RetryAfter. Beyond MaxRetryAfter no slot is taken:
-// those nodes are told MaxRetryAfter and will take one when they come back. Before the first
-// completion every node is told RetryAfter.
+// those nodes are told MaxRetryAfter and will take one when they come back. While the rate is
+// unknown (before the first completion, or after idleAfter without one) every node is told
+// RetryAfter.
+//
+// The rate is the places taken over the mean time a session spends in flight (Little's law),
+// not a count of recent completions: at the start of a storm completions lag behind what the
+// window will sustain, and a count would spread the first nodes turned away too thin.
 func (w *Window) RetryAfter() time.Duration {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	now := w.cfg.Clock.Now()
-	rate := w.done.rate(now)
-	if rate <= 0 {
+	w.expire()
+	inFlight := w.reserved + len(w.pending)
+	if w.latency == 0 || now.Sub(w.lastDone) > idleAfter || inFlight == 0 {
 		return w.cfg.RetryAfter
 	}
+	rate := float64(inFlight) / w.latency.Seconds()
 	slot := now.Add(w.cfg.RetryAfter)
 	if w.nextSlot.After(slot) {
 		slot = w.nextSlot
@@ -188,53 +211,4 @@ func (w *Window) expire() {
 		}
 		w.order = kept
 	}
-}
-
-// meterSpan is how far back the completion rate looks.
-const meterSpan = 5 * time.Second
-
-// meter estimates events per second over the last meterSpan: the count of the current span
-// plus the previous span's rate weighted by how much of it still falls in the last meterSpan
-// (a sliding-window counter).
-type meter struct {
-	start time.Time // start of the current span
-	count int       // events in the current span
-	prev  float64   // events per second in the previous span; -1 before it was measured
-	began bool
-}
-
-func (m *meter) add(now time.Time) {
-	m.roll(now)
-	m.count++
-}
-
-func (m *meter) roll(now time.Time) {
-	if !m.began {
-		m.start, m.prev, m.began = now, -1, true
-		return
-	}
-	if el := now.Sub(m.start); el >= meterSpan {
-		if el >= 2*meterSpan {
-			m.prev = 0 // nothing happened in the span before now's
-		} else {
-			m.prev = float64(m.count) / el.Seconds()
-		}
-		m.start, m.count = now, 0
-	}
-}
-
-// rate is events per second, or 0 before any event.
-func (m *meter) rate(now time.Time) float64 {
-	if !m.began {
-		return 0
-	}
-	m.roll(now)
-	el := now.Sub(m.start)
-	if m.prev < 0 {
-		// Still in the first span: what it counted so far, over at least a second so that
-		// the first completions do not read as a huge rate.
-		return float64(m.count) / max(el, time.Second).Seconds()
-	}
-	rest := (meterSpan - el).Seconds() / meterSpan.Seconds()
-	return (float64(m.count) + m.prev*rest*meterSpan.Seconds()) / meterSpan.Seconds()
 }

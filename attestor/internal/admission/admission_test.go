@@ -116,22 +116,34 @@ func TestNewRefusesBadConfig(t *testing.T) {
 	}
 }
 
-// complete runs n sessions through the window, one every step of the clock.
-func complete(t *testing.T, w *admission.Window, clk *clock.Fake, n int, step time.Duration) {
+// cycle runs a full window of sessions that each take took, then fills the window again.
+func cycle(t *testing.T, w *admission.Window, clk *clock.Fake, limit int, took time.Duration) {
 	t.Helper()
-	for i := range n {
-		tk, ok := w.Admit()
-		require.True(t, ok)
-		id := fmt.Sprintf("c%d-%d", clk.Now().UnixNano(), i)
-		tk.Keep(id)
-		w.Done(id)
-		clk.Advance(step)
+	fill := func() []string {
+		var ids []string
+		for i := range limit {
+			tk, ok := w.Admit()
+			require.True(t, ok)
+			id := fmt.Sprintf("c%d-%d", clk.Now().UnixNano(), i)
+			tk.Keep(id)
+			ids = append(ids, id)
+		}
+		_, ok := w.Admit()
+		require.False(t, ok, "full")
+		return ids
 	}
+	ids := fill()
+	clk.Advance(took)
+	for _, id := range ids {
+		w.Done(id)
+	}
+	fill()
 }
 
 // TestRetrySlotsFollowTheCompletionRate: nodes turned away are given times to come back one
-// after the other at twice the rate sessions complete, from RetryAfter up to MaxRetryAfter;
-// past that horizon they are all told MaxRetryAfter and no slot is used up.
+// after the other at twice the rate sessions complete (places over time in flight), from
+// RetryAfter up to MaxRetryAfter; past that horizon they are all told MaxRetryAfter and no
+// slot is used up.
 func TestRetrySlotsFollowTheCompletionRate(t *testing.T) {
 	t.Parallel()
 	w, clk := newWindow(t, 4)
@@ -141,8 +153,8 @@ func TestRetrySlotsFollowTheCompletionRate(t *testing.T) {
 	w.Done("never-begun-here")
 	require.Equal(t, time.Second, w.RetryAfter(), "another replica's completion is not measured")
 
-	complete(t, w, clk, 100, 100*time.Millisecond) // 10 per second for 10 s
-	const spacing = time.Second / 20               // 1 / (2 × 10 per second)
+	cycle(t, w, clk, 4, 400*time.Millisecond) // 4 places, 400 ms each: 10 per second
+	const spacing = time.Second / 20          // 1 / (2 × 10 per second)
 
 	var hints []time.Duration
 	for {
@@ -162,14 +174,15 @@ func TestRetrySlotsFollowTheCompletionRate(t *testing.T) {
 	for range 100 {
 		require.Equal(t, 30*time.Second, w.RetryAfter(), "beyond the horizon: the longest hint, no slot taken")
 	}
-	clk.Advance(10 * time.Second)
-	complete(t, w, clk, 1, 0) // the rate is still measured: 20 s of slots remain ahead
-	require.InDelta(t, float64(20*time.Second), float64(w.RetryAfter()), float64(200*time.Millisecond))
+	clk.Advance(5 * time.Second)
+	require.InDelta(t, float64(25*time.Second), float64(w.RetryAfter()), float64(100*time.Millisecond), "25 s of slots remain ahead")
 
-	// Nothing completes for a while: back to the base hint, and the old slots are gone.
+	// Nothing completes for a while: back to the base hint.
 	clk.Advance(time.Minute)
 	require.Equal(t, time.Second, w.RetryAfter())
-	complete(t, w, clk, 10, 100*time.Millisecond)
+	cycle(t, w, clk, 4, 200*time.Millisecond) // 20 per second now
 	require.Equal(t, time.Second, w.RetryAfter(), "slots start again from RetryAfter")
-	require.Greater(t, w.RetryAfter(), time.Second)
+	gap := w.RetryAfter() - time.Second
+	require.Less(t, gap, spacing, "the mean time in flight moves towards the faster sessions")
+	require.Greater(t, gap, time.Second/40, "a moving average: not all the way at once")
 }
