@@ -171,8 +171,9 @@ func (b *booter) run(ctx context.Context) error {
 	})
 	defer closeConns()
 
-	// Attestation and tunnel are retried as one: an attestation is spent by the OpenTunnel that
-	// consumes it, so when the gateway cannot add the peer (Unavailable) the node attests again.
+	// Attestation and tunnel are retried as one when the attestation was spent by an OpenTunnel
+	// that failed (the gateway could not add the peer): the node attests again. Other transient
+	// OpenTunnel failures are retried with the same attestation (see openTunnel).
 	var answer *tunnelmgrv1.OpenTunnelResponse
 	attestor := attestorv1.NewAttestorServiceClient(attConn)
 	tunnels := tunnelmgrv1.NewTunnelManagerServiceClient(tmConn)
@@ -193,7 +194,7 @@ func (b *booter) run(ctx context.Context) error {
 		}
 		return b.timed("tunnel", func() error {
 			var err error
-			answer, err = tunnels.OpenTunnel(ctx, &tunnelmgrv1.OpenTunnelRequest{AttestationId: att.AttestationID, WireguardPublicKey: pub[:]})
+			answer, err = openTunnel(ctx, cfg.Backoff, tunnels, &tunnelmgrv1.OpenTunnelRequest{AttestationId: att.AttestationID, WireguardPublicKey: pub[:]})
 			if err != nil {
 				return fail(ClassTunnel, err)
 			}
@@ -261,6 +262,34 @@ func (b *booter) run(ctx context.Context) error {
 		}
 		return nil
 	})
+}
+
+// errAttestAgain: an OpenTunnel that failed transiently spent the attestation before it failed
+// (the gateway could not add the peer, or the answer was lost), so the node attests again.
+var errAttestAgain = status.Error(codes.Unavailable, "tunnel: the attestation was spent by an attempt that failed; attesting again")
+
+// openTunnel asks for the tunnel, retrying transient failures with the same attestation: most
+// of them (a connection the busy service closed before the request reached it) leave it
+// unspent, and attesting again would cost the node a new place in the attestor's admission
+// window. An attestation refused after such a failure (spent by it, or expired meanwhile)
+// sends the node back to attest, through errAttestAgain; a refusal at the first attempt is
+// the answer.
+func openTunnel(ctx context.Context, b Backoff, c tunnelmgrv1.TunnelManagerServiceClient, req *tunnelmgrv1.OpenTunnelRequest) (*tunnelmgrv1.OpenTunnelResponse, error) {
+	var (
+		answer *tunnelmgrv1.OpenTunnelResponse
+		failed bool
+	)
+	retryable := func(err error) bool { return !errors.Is(err, errAttestAgain) && retryableRPC(err) }
+	err := retry(ctx, b, retryable, func(ctx context.Context) error {
+		var err error
+		answer, err = c.OpenTunnel(ctx, req)
+		if err != nil && failed && status.Code(err) == codes.PermissionDenied {
+			return errAttestAgain
+		}
+		failed = err != nil
+		return err
+	})
+	return answer, err
 }
 
 // retryableRPC: the service was busy, unreachable or failed inside (a database failover, say);
