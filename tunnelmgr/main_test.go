@@ -134,6 +134,12 @@ func (e *env) start(t testing.TB, o instanceOpts) *instance {
 // attestor would (the attestor's own tests prove how it gets there).
 func (e *env) attestation(t testing.TB, nodeID string) (id string, key wgtypes.Key) {
 	t.Helper()
+	return e.attestationFor(t, nodeID, time.Minute)
+}
+
+// attestationFor is attestation with a lifetime of ttl.
+func (e *env) attestationFor(t testing.TB, nodeID string, ttl time.Duration) (id string, key wgtypes.Key) {
+	t.Helper()
 	ctx := context.Background()
 	if _, err := e.store.GetNode(ctx, nodeID); err != nil {
 		_, err := e.store.CreateNode(ctx, inventory.Node{ID: nodeID, Enabled: true})
@@ -149,7 +155,7 @@ func (e *env) attestation(t testing.TB, nodeID string) (id string, key wgtypes.K
 		WireGuardPublicKey: pub[:], Nonce: one, SecretSHA256: one}, time.Minute)
 	require.NoError(t, err)
 	a, err := e.store.CreateAttestation(ctx, inventory.Attestation{SessionID: sess.ID, NodeID: nodeID, EKSHA256: ek,
-		AKSHA256: one, WireGuardPublicKey: pub[:]}, time.Minute)
+		AKSHA256: one, WireGuardPublicKey: pub[:]}, ttl)
 	require.NoError(t, err)
 	return a.ID, key
 }

@@ -76,6 +76,9 @@ func TestRefusalsChangeNothing(t *testing.T) {
 
 	other, _ := wgtypes.GeneratePrivateKey()
 	otherPub := other.PublicKey()
+	expiredID, expiredKey := e.attestationFor(t, "n3", time.Millisecond)
+	expiredPub := expiredKey.PublicKey()
+	time.Sleep(10 * time.Millisecond)
 	unusedID, unusedKey := e.attestation(t, "n2")
 	unusedPub := unusedKey.PublicKey()
 	for _, tc := range []struct {
@@ -87,6 +90,7 @@ func TestRefusalsChangeNothing(t *testing.T) {
 		{"no attestation", &tunnelmgrv1.OpenTunnelRequest{AttestationId: "0b9d3c1e-5f4a-4e2b-8c7d-6a5b4c3d2e1f", WireguardPublicKey: otherPub[:]}, codes.PermissionDenied, tunnel.ReasonAttestationUnknown},
 		{"another key than the quote bound", &tunnelmgrv1.OpenTunnelRequest{AttestationId: unusedID, WireguardPublicKey: otherPub[:]}, codes.PermissionDenied, tunnel.ReasonKeyMismatch},
 		{"consumed attestation, another key", &tunnelmgrv1.OpenTunnelRequest{AttestationId: attID, WireguardPublicKey: otherPub[:]}, codes.PermissionDenied, tunnel.ReasonKeyMismatch},
+		{"expired attestation: attest again", &tunnelmgrv1.OpenTunnelRequest{AttestationId: expiredID, WireguardPublicKey: expiredPub[:]}, codes.FailedPrecondition, tunnel.ReasonAttestationExpired},
 		{"malformed id", &tunnelmgrv1.OpenTunnelRequest{AttestationId: "x", WireguardPublicKey: otherPub[:]}, codes.InvalidArgument, tunnel.ReasonInvalidRequest},
 		{"short key", &tunnelmgrv1.OpenTunnelRequest{AttestationId: unusedID, WireguardPublicKey: otherPub[:31]}, codes.InvalidArgument, tunnel.ReasonInvalidRequest},
 	} {

@@ -264,15 +264,15 @@ func (b *booter) run(ctx context.Context) error {
 	})
 }
 
-// errAttestAgain: an OpenTunnel that failed transiently spent the attestation before it failed
-// (the gateway could not add the peer, or the answer was lost), so the node attests again.
-var errAttestAgain = status.Error(codes.Unavailable, "tunnel: the attestation was spent by an attempt that failed; attesting again")
+// errAttestAgain: the attestation can no longer open the tunnel (it expired, or an attempt that
+// failed transiently spent it before failing), so the node attests again.
+var errAttestAgain = status.Error(codes.Unavailable, "tunnel: the attestation can no longer be used; attesting again")
 
 // openTunnel asks for the tunnel, retrying transient failures with the same attestation: most
 // of them (a connection the busy service closed before the request reached it) leave it
 // unspent, and attesting again would cost the node a new place in the attestor's admission
-// window. An attestation refused after such a failure (spent by it, or expired meanwhile)
-// sends the node back to attest, through errAttestAgain; a refusal at the first attempt is
+// window. An expired attestation (FailedPrecondition), or one refused after such a failure
+// (spent by it), sends the node back to attest, through errAttestAgain; any other refusal is
 // the answer.
 func openTunnel(ctx context.Context, b Backoff, c tunnelmgrv1.TunnelManagerServiceClient, req *tunnelmgrv1.OpenTunnelRequest) (*tunnelmgrv1.OpenTunnelResponse, error) {
 	var (
@@ -283,7 +283,7 @@ func openTunnel(ctx context.Context, b Backoff, c tunnelmgrv1.TunnelManagerServi
 	err := retry(ctx, b, retryable, func(ctx context.Context) error {
 		var err error
 		answer, err = c.OpenTunnel(ctx, req)
-		if err != nil && failed && status.Code(err) == codes.PermissionDenied {
+		if code := status.Code(err); code == codes.FailedPrecondition || failed && code == codes.PermissionDenied {
 			return errAttestAgain
 		}
 		failed = err != nil

@@ -29,7 +29,8 @@ func (s *scriptedTunnels) OpenTunnel(_ context.Context, req *tunnelmgrv1.OpenTun
 }
 
 // TestOpenTunnelKeepsTheAttestation: a transient failure is retried with the same attestation;
-// a refusal after one sends the node back to attest; a refusal at once is the answer.
+// an expired attestation, or a refusal after a failure, sends the node back to attest; another
+// refusal at once is the answer.
 func TestOpenTunnelKeepsTheAttestation(t *testing.T) {
 	t.Parallel()
 	b := Backoff{Initial: time.Millisecond, Max: time.Millisecond}
@@ -51,6 +52,12 @@ func TestOpenTunnelKeepsTheAttestation(t *testing.T) {
 	require.ErrorIs(t, err, errAttestAgain)
 	require.True(t, retryableRPC(err), "the attest-and-open loop attests again")
 	require.Len(t, c.calls, 2)
+
+	expired := status.Error(codes.FailedPrecondition, "tunnel refused")
+	c = &scriptedTunnels{errs: []error{expired}}
+	_, err = openTunnel(context.Background(), b, c, req)
+	require.ErrorIs(t, err, errAttestAgain, "an expired attestation: attest again, even at the first attempt")
+	require.Len(t, c.calls, 1)
 
 	c = &scriptedTunnels{errs: []error{spent}}
 	_, err = openTunnel(context.Background(), b, c, req)

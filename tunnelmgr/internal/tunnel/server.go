@@ -209,7 +209,9 @@ func (n nodeFacing) OpenTunnel(ctx context.Context, req *tunnelmgrv1.OpenTunnelR
 			return nil
 		}
 		if _, err := q.ConsumeAttestation(ctx, a.ID); errors.Is(err, inventory.ErrAttestationSpent) {
-			ref = &refusal{codes.PermissionDenied, ReasonAttestationExpired, err}
+			// Not a verdict on the node: it was too slow (a storm), or raced itself. Like the
+			// attestor's expired session, FailedPrecondition tells it to attest again.
+			ref = &refusal{codes.FailedPrecondition, ReasonAttestationExpired, err}
 			return nil
 		} else if err != nil {
 			return err

@@ -27,9 +27,10 @@ const (
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
 //
 // TunnelManagerService is node-facing: it turns a passed attestation into a WireGuard peer on a
-// gateway. Refusals carry only PermissionDenied or InvalidArgument, ResourceExhausted when the
-// address pool is full, and Unavailable when the gateway device refused the peer (the
-// attestation is then spent: attest again); the reason is in the event log.
+// gateway. Refusals carry only PermissionDenied or InvalidArgument, FailedPrecondition when the
+// attestation expired (attest again), ResourceExhausted when the address pool is full, and
+// Unavailable when the gateway device refused the peer (the attestation is then spent: attest
+// again); the reason is in the event log.
 type TunnelManagerServiceClient interface {
 	// OpenTunnel consumes an attestation and adds the node's WireGuard peer. A retry with the same
 	// attestation id and key returns the same tunnel.
@@ -59,9 +60,10 @@ func (c *tunnelManagerServiceClient) OpenTunnel(ctx context.Context, in *OpenTun
 // for forward compatibility.
 //
 // TunnelManagerService is node-facing: it turns a passed attestation into a WireGuard peer on a
-// gateway. Refusals carry only PermissionDenied or InvalidArgument, ResourceExhausted when the
-// address pool is full, and Unavailable when the gateway device refused the peer (the
-// attestation is then spent: attest again); the reason is in the event log.
+// gateway. Refusals carry only PermissionDenied or InvalidArgument, FailedPrecondition when the
+// attestation expired (attest again), ResourceExhausted when the address pool is full, and
+// Unavailable when the gateway device refused the peer (the attestation is then spent: attest
+// again); the reason is in the event log.
 type TunnelManagerServiceServer interface {
 	// OpenTunnel consumes an attestation and adds the node's WireGuard peer. A retry with the same
 	// attestation id and key returns the same tunnel.
