@@ -8,10 +8,10 @@
 // The hints are retry slots: the window estimates how many sessions it completes per second
 // (sessions in flight over their mean time in flight, Little's law) and gives the nodes it
 // turns away times to come back spaced at twice that rate, one after the other, up to
-// MaxRetryAfter ahead. So ten thousand nodes turned away together come back
-// as a stream the attestor can take, instead of all every second (each return is a refused
-// call and an event in the inventory's log: at 10,000 nodes with a fixed one-second hint that
-// was 22 refusals per node).
+// MaxRetryAfter ahead. So ten thousand nodes turned away together come back as a stream the
+// attestor can take, instead of all every second (each return is a refused call and an event
+// in the inventory's log: at 10,000 nodes with a fixed one-second hint that was 22 refusals
+// per node).
 package admission
 
 import (
