@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -25,9 +26,11 @@ func TestGroupTxSharesOneCommit(t *testing.T) {
 	release := hold(t, b.store)
 	var wg sync.WaitGroup
 	errs := make([]error, n)
+	var calls atomic.Int64
 	for i := range n {
 		wg.Go(func() {
 			errs[i] = b.store.GroupTx(ctx, func(q *inventory.Queries) error {
+				calls.Add(1)
 				if _, err := q.CreateNode(ctx, inventory.Node{ID: fmt.Sprintf("g%03d", i), Enabled: true}); err != nil {
 					return err
 				}
@@ -48,6 +51,7 @@ func TestGroupTxSharesOneCommit(t *testing.T) {
 		distinct[x] = true
 	}
 	require.Len(t, distinct, 1, "the %d callers queued behind a running group share the next transaction", n)
+	require.EqualValues(t, n, calls.Load(), "no caller failed: each ran once (no second run with savepoints)")
 	var count int
 	require.NoError(t, b.pool.QueryRow(ctx, "SELECT count(*) FROM nodes WHERE id LIKE 'g%'").Scan(&count))
 	require.Equal(t, n, count)
@@ -83,8 +87,10 @@ func TestGroupTxIsolatesFailures(t *testing.T) {
 	require.NoError(t, err)
 
 	errOwn := errors.New("changed my mind")
+	var okCalls atomic.Int64
 	cases := []func(q *inventory.Queries) error{
 		func(q *inventory.Queries) error { // fine
+			okCalls.Add(1)
 			_, err := q.CreateNode(ctx, inventory.Node{ID: "ok1", Enabled: true})
 			return err
 		},
@@ -144,6 +150,7 @@ func TestGroupTxIsolatesFailures(t *testing.T) {
 	}
 	require.NoError(t, rows.Err())
 	require.Equal(t, []string{"ok1", "ok2", "taken"}, ids)
+	require.EqualValues(t, 2, okCalls.Load(), "the group ran without savepoints, failed, and ran again with them")
 }
 
 // TestGroupTxSkipsEndedCallers: a caller whose context ended while it waited is not run.
