@@ -34,6 +34,9 @@ type Config struct {
 	// internal/admission); 0 admits everyone.
 	MaxInFlight int
 	RetryAfter  time.Duration
+	// MaxOpenTunnels shrinks the admission window as open tunnels approach it (see
+	// attestation.Config); 0: not counted.
+	MaxOpenTunnels int
 	// EKRootsDir holds PEM/DER certificates of trusted TPM manufacturer CAs; empty disables
 	// EK certificate checks (nodes are then identified by enrolled EK hashes alone).
 	EKRootsDir string
@@ -56,6 +59,7 @@ func DefaultConfig() Config {
 		MaxPerEK:       10,
 		MaxInFlight:    256,
 		RetryAfter:     time.Second,
+		MaxOpenTunnels: 4096,
 	}
 }
 
@@ -68,6 +72,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.IntVar(&c.MaxPerNode, "max-per-node", c.MaxPerNode, "BeginAttestation calls allowed per node per window")
 	fs.IntVar(&c.MaxInFlight, "max-in-flight", c.MaxInFlight, "attestations this replica runs at once (begun, not completed); beyond, nodes are told to retry later (0: no limit)")
 	fs.DurationVar(&c.RetryAfter, "retry-after", c.RetryAfter, "the shortest wait a node turned away by -max-in-flight is told (later ones get later retry slots, up to 30s)")
+	fs.IntVar(&c.MaxOpenTunnels, "max-open-tunnels", c.MaxOpenTunnels, "open tunnels (all gateways: boots past attestation, not finished) from half of which -max-in-flight shrinks, to a sixteenth at this many (0: not counted)")
 	fs.IntVar(&c.MaxPerEK, "max-per-ek", c.MaxPerEK, "BeginAttestation calls allowed per EK per window")
 	fs.StringVar(&c.EKRootsDir, "ek-roots", c.EKRootsDir, "directory of trusted TPM manufacturer CA certificates (empty: no EK certificate checks)")
 	fs.BoolVar(&c.EnrollByCA, "enroll-by-ca", c.EnrollByCA, "enroll unenrolled nodes whose EK certificate chains to -ek-roots")
@@ -112,7 +117,7 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 	svc, err := attestation.New(attestation.Config{
 		SessionTTL: cfg.SessionTTL, AttestationTTL: cfg.AttestationTTL,
 		RateWindow: cfg.RateWindow, MaxPerNode: cfg.MaxPerNode, MaxPerEK: cfg.MaxPerEK,
-		MaxInFlight: cfg.MaxInFlight, RetryAfter: cfg.RetryAfter,
+		MaxInFlight: cfg.MaxInFlight, RetryAfter: cfg.RetryAfter, MaxOpenTunnels: cfg.MaxOpenTunnels,
 		EK: ekp,
 	}, store, logger, reg)
 	if err != nil {

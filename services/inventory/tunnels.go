@@ -363,6 +363,15 @@ func (q *Queries) CountOpenTunnels(ctx context.Context, gateway string) (int64, 
 	return n, nil
 }
 
+// CountAllOpenTunnels counts the open tunnels of every gateway.
+func (q *Queries) CountAllOpenTunnels(ctx context.Context) (int64, error) {
+	var n int64
+	if err := q.db.QueryRow(ctx, `SELECT count(*) FROM tunnels WHERE state = 'open'`).Scan(&n); err != nil {
+		return 0, dbError("count open tunnels", err)
+	}
+	return n, nil
+}
+
 // CloseTunnel ends an open tunnel with state (closed, expired or failed) and reason, which
 // releases its address. closed is false, with the tunnel as it is, when it had already ended.
 func (q *Queries) CloseTunnel(ctx context.Context, id string, state TunnelState, reason string) (t Tunnel, closed bool, err error) {

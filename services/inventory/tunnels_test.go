@@ -260,6 +260,12 @@ func TestOpenTunnelAt(t *testing.T) {
 	n, err := b.store.CountOpenTunnels(ctx, "gw1")
 	require.NoError(t, err)
 	require.EqualValues(t, 1, n)
+	gateway(t, b, "gw2", "100.65.0.0/24", "fd01::/64")
+	_, err = open(t, b, attested(t, b, "n4", "gw2"))
+	require.NoError(t, err)
+	all, err := b.store.CountAllOpenTunnels(ctx)
+	require.NoError(t, err)
+	require.EqualValues(t, 2, all, "one on each gateway")
 
 	// The locked allocation still finds the lowest free address around it.
 	low, err := open(t, b, attested(t, b, "n3", "gw1"))

@@ -34,6 +34,13 @@ type Config struct {
 	// MaxRetryAfter is the longest hint (retry slots are handed out this far ahead at most).
 	// Default 30 s (what the node agent accepts), or RetryAfter if longer.
 	MaxRetryAfter time.Duration
+	// MaxDownstream, when positive, shrinks the window as the downstream count (SetDownstream)
+	// grows: the whole Limit up to half of MaxDownstream, then linearly down to Limit/16 at
+	// MaxDownstream and beyond. The attestor counts open tunnels there: boots past
+	// attestation, not yet finished, which a storm piles up faster than the later phases can
+	// serve when nothing holds attestation back (two replicas, each admitting a full window
+	// on one machine, collapsed a 10,000-node storm).
+	MaxDownstream int
 	// Clock; default the system clock.
 	Clock clock.Clock
 }
@@ -42,13 +49,14 @@ type Config struct {
 type Window struct {
 	cfg Config
 
-	mu       sync.Mutex
-	reserved int                  // admitted, session not yet created
-	pending  map[string]time.Time // session id → when it stops counting
-	order    []entry              // pending in creation order, for expiry
-	latency  time.Duration        // mean time in flight of completed sessions (moving average)
-	lastDone time.Time            // when a counted session last completed
-	nextSlot time.Time            // the next free retry slot
+	mu         sync.Mutex
+	reserved   int                  // admitted, session not yet created
+	pending    map[string]time.Time // session id → when it stops counting
+	order      []entry              // pending in creation order, for expiry
+	downstream int                  // the last SetDownstream
+	latency    time.Duration        // mean time in flight of completed sessions (moving average)
+	lastDone   time.Time            // when a counted session last completed
+	nextSlot   time.Time            // the next free retry slot
 }
 
 type entry struct {
@@ -74,6 +82,8 @@ func New(cfg Config) (*Window, error) {
 		return nil, errors.New("admission: TTL must be positive and RetryAfter not negative")
 	case cfg.MaxRetryAfter < cfg.RetryAfter:
 		return nil, errors.New("admission: MaxRetryAfter is shorter than RetryAfter")
+	case cfg.MaxDownstream < 0:
+		return nil, errors.New("admission: negative MaxDownstream")
 	}
 	return &Window{cfg: cfg, pending: map[string]time.Time{}}, nil
 }
@@ -90,7 +100,7 @@ func (w *Window) Admit() (*Ticket, bool) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.expire()
-	if w.reserved+len(w.pending) >= w.cfg.Limit {
+	if w.reserved+len(w.pending) >= w.limit() {
 		return nil, false
 	}
 	w.reserved++
@@ -139,6 +149,31 @@ func (w *Window) Done(id string) {
 		}
 		w.lastDone = now
 	}
+}
+
+// SetDownstream records the downstream count that MaxDownstream bounds.
+func (w *Window) SetDownstream(n int) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.downstream = n
+}
+
+// Limit is how many places the window has now (see Config.MaxDownstream).
+func (w *Window) Limit() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.limit()
+}
+
+// limit is Limit; w.mu is held.
+func (w *Window) limit() int {
+	half := w.cfg.MaxDownstream / 2
+	if w.cfg.MaxDownstream <= 0 || w.downstream <= half {
+		return w.cfg.Limit
+	}
+	floor := max(1, w.cfg.Limit/16)
+	over := min(w.downstream, w.cfg.MaxDownstream) - half
+	return max(floor, w.cfg.Limit-(w.cfg.Limit-floor)*over/(w.cfg.MaxDownstream-half))
 }
 
 // InFlight is how many places are taken.

@@ -186,3 +186,35 @@ func TestRetrySlotsFollowTheCompletionRate(t *testing.T) {
 	require.Less(t, gap, spacing, "the mean time in flight moves towards the faster sessions")
 	require.Greater(t, gap, time.Second/40, "a moving average: not all the way at once")
 }
+
+// TestWindowShrinksWithDownstream: with MaxDownstream, the window keeps its whole limit up to
+// half of it, then shrinks linearly to a sixteenth at MaxDownstream and stays there beyond.
+func TestWindowShrinksWithDownstream(t *testing.T) {
+	t.Parallel()
+	w, err := admission.New(admission.Config{Limit: 256, TTL: time.Minute, MaxDownstream: 1000})
+	require.NoError(t, err)
+	for _, tc := range []struct{ downstream, limit int }{
+		{0, 256}, {500, 256}, {750, 136}, {1000, 16}, {5000, 16},
+	} {
+		w.SetDownstream(tc.downstream)
+		require.Equal(t, tc.limit, w.Limit(), "downstream %d", tc.downstream)
+	}
+	w.SetDownstream(1000)
+	for i := range 16 {
+		tk, ok := w.Admit()
+		require.True(t, ok, "place %d of 16", i)
+		tk.Keep(fmt.Sprintf("s%d", i))
+	}
+	_, ok := w.Admit()
+	require.False(t, ok, "the shrunk window is full")
+	w.SetDownstream(0)
+	_, ok = w.Admit()
+	require.True(t, ok, "drained downstream: the whole window again")
+
+	unbounded, err := admission.New(admission.Config{Limit: 256, TTL: time.Minute})
+	require.NoError(t, err)
+	unbounded.SetDownstream(1 << 20)
+	require.Equal(t, 256, unbounded.Limit(), "without MaxDownstream the count is ignored")
+	_, err = admission.New(admission.Config{Limit: 1, TTL: time.Minute, MaxDownstream: -1})
+	require.Error(t, err)
+}

@@ -10,6 +10,8 @@ import (
 	"fmt"
 	"log/slog"
 	"regexp"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/go-attestation/attest"
@@ -45,6 +47,11 @@ type Config struct {
 	// (see admission.Window.RetryAfter). 0 admits everyone.
 	MaxInFlight int
 	RetryAfter  time.Duration
+	// MaxOpenTunnels shrinks that window as open tunnels (across all gateways: boots past
+	// attestation and not yet finished) approach it, from half of it on, to a sixteenth at it
+	// (admission.Config.MaxDownstream), so that replicas together do not let in more nodes
+	// than the later phases serve. Counted at most every downstreamEvery. 0: not counted.
+	MaxOpenTunnels int
 	// EK is the enrollment policy.
 	EK *ekpolicy.Policy
 }
@@ -77,8 +84,8 @@ func (c *Config) validate() error {
 		return errors.New("rate limits must allow at least one attempt per window of at least 1s")
 	case c.EK == nil:
 		return errors.New("no EK policy")
-	case c.MaxInFlight < 0 || c.RetryAfter < 0:
-		return errors.New("negative admission limit or retry hint")
+	case c.MaxInFlight < 0 || c.RetryAfter < 0 || c.MaxOpenTunnels < 0:
+		return errors.New("negative admission limit, open-tunnel limit or retry hint")
 	}
 	return nil
 }
@@ -97,6 +104,31 @@ type Server struct {
 	logger  *slog.Logger
 	metrics metrics
 	window  *admission.Window // nil: no admission control
+
+	// Open tunnels are counted for the window by one caller at a time, at most every
+	// downstreamEvery (countedAt: UnixNano of the last count).
+	countMu   sync.Mutex
+	countedAt atomic.Int64
+}
+
+// downstreamEvery is how often open tunnels are counted for admission control.
+const downstreamEvery = 500 * time.Millisecond
+
+// countOpenTunnels updates the admission window's count of open tunnels if the last count is
+// older than downstreamEvery and no other caller is counting. A failed count keeps the last
+// one (the refusal is recorded by whatever else fails then).
+func (s *Server) countOpenTunnels(ctx context.Context) {
+	if s.cfg.MaxOpenTunnels <= 0 || time.Since(time.Unix(0, s.countedAt.Load())) < downstreamEvery || !s.countMu.TryLock() {
+		return
+	}
+	defer s.countMu.Unlock()
+	s.countedAt.Store(time.Now().UnixNano())
+	n, err := s.store.CountAllOpenTunnels(ctx)
+	if err != nil {
+		s.logger.WarnContext(ctx, "count open tunnels for admission control", "err", err)
+		return
+	}
+	s.window.SetDownstream(int(n))
 }
 
 // New returns the service. reg may be nil.
@@ -123,7 +155,9 @@ func New(cfg Config, store *inventory.Store, logger *slog.Logger, reg prometheus
 	s := &Server{cfg: cfg, store: store, logger: logger, metrics: m}
 	if cfg.MaxInFlight > 0 {
 		var err error
-		if s.window, err = admission.New(admission.Config{Limit: cfg.MaxInFlight, TTL: cfg.SessionTTL, RetryAfter: cfg.RetryAfter}); err != nil {
+		if s.window, err = admission.New(admission.Config{
+			Limit: cfg.MaxInFlight, TTL: cfg.SessionTTL, RetryAfter: cfg.RetryAfter, MaxDownstream: cfg.MaxOpenTunnels,
+		}); err != nil {
 			return nil, fmt.Errorf("attestation: %w", err)
 		}
 		inFlight := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
@@ -150,10 +184,11 @@ func (s *Server) BeginAttestation(ctx context.Context, req *attestorv1.BeginAtte
 	// Turned away before any work: the cheapest answer there is.
 	var ticket *admission.Ticket
 	if s.window != nil {
+		s.countOpenTunnels(ctx)
 		var ok bool
 		if ticket, ok = s.window.Admit(); !ok {
 			return nil, s.record(ctx, nodeID, refuse(codes.ResourceExhausted, ReasonOverloaded,
-				fmt.Errorf("%d attestations in flight", s.cfg.MaxInFlight)).retryAfter(s.window.RetryAfter()),
+				fmt.Errorf("%d attestations in flight", s.window.Limit())).retryAfter(s.window.RetryAfter()),
 				map[string]any{"step": "begin"})
 		}
 	}
