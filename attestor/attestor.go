@@ -59,7 +59,7 @@ func DefaultConfig() Config {
 		MaxPerEK:       10,
 		MaxInFlight:    256,
 		RetryAfter:     time.Second,
-		MaxOpenTunnels: 4096,
+		MaxOpenTunnels: 2048,
 	}
 }
 
