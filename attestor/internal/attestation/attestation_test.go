@@ -9,6 +9,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"math/big"
+	"net/netip"
 	"testing"
 	"time"
 
@@ -213,15 +214,87 @@ func TestAdmissionControl(t *testing.T) {
 // inFlight reads the attestboot_attestations_in_flight gauge of b's service.
 func inFlight(t *testing.T, b bundle) float64 {
 	t.Helper()
+	return gauge(t, b, "attestboot_attestations_in_flight")
+}
+
+// gauge reads a gauge of b's service.
+func gauge(t *testing.T, b bundle, name string) float64 {
+	t.Helper()
 	mfs, err := b.reg.Gather()
 	require.NoError(t, err)
 	for _, mf := range mfs {
-		if mf.GetName() == "attestboot_attestations_in_flight" {
+		if mf.GetName() == name {
 			return mf.GetMetric()[0].GetGauge().GetValue()
 		}
 	}
-	t.Fatal("no attestboot_attestations_in_flight gauge")
+	t.Fatalf("no %s gauge", name)
 	return 0
+}
+
+// TestAdmissionFollowsOpenTunnels: at -max-open-tunnels open tunnels (any gateway) the window
+// shrinks to a sixteenth of -max-in-flight, and opens again once they have closed.
+func TestAdmissionFollowsOpenTunnels(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	b := setup(t, attestation.Config{MaxInFlight: 16, MaxOpenTunnels: 2})
+	_, err := b.store.UpsertGateway(ctx, inventory.Gateway{
+		Name: "gw", PublicKey: bytes.Repeat([]byte{7}, 32), Endpoint: "127.0.0.1:51820",
+		IPv4Pool: netip.MustParsePrefix("100.64.0.0/24"), AddressV4: netip.MustParseAddr("100.64.0.1"),
+	})
+	require.NoError(t, err)
+	var tunnels []inventory.Tunnel
+	for _, id := range []string{"busy1", "busy2"} {
+		_, err := b.store.CreateNode(ctx, inventory.Node{ID: id, Enabled: true})
+		require.NoError(t, err)
+		tunnels = append(tunnels, openTunnel(t, b.store, id, "gw"))
+	}
+	n1, n2 := newNode(t, "n1", nodeattest.ECDSA), newNode(t, "n2", nodeattest.ECDSA)
+	b.addNode(t, n1)
+	b.addNode(t, n2)
+
+	_, err = b.begin(t, n1)
+	require.NoError(t, err, "a sixteenth of 16 places: one")
+	require.EqualValues(t, 1, gauge(t, b, "attestboot_attestation_admission_limit"))
+	_, err = b.begin(t, n2)
+	require.Equal(t, codes.ResourceExhausted, status.Code(err))
+	evs := b.events(t, n2.id, attestation.KindRefused)
+	require.Len(t, evs, 1)
+	require.Equal(t, attestation.ReasonOverloaded, evs[0].Reason)
+
+	for _, tun := range tunnels {
+		_, _, err := b.store.CloseTunnel(ctx, tun.ID, inventory.TunnelClosed, "phone_home")
+		require.NoError(t, err)
+	}
+	// Open tunnels are counted at most every half second: the next Begin after that sees none.
+	time.Sleep(600 * time.Millisecond)
+	_, err = b.begin(t, n2)
+	require.NoError(t, err, "the tunnels closed: the whole window again")
+	require.EqualValues(t, 16, gauge(t, b, "attestboot_attestation_admission_limit"))
+}
+
+// openTunnel opens a tunnel for nodeID on gateway as tunnelmgr does: an attestation, consumed.
+func openTunnel(t *testing.T, store *inventory.Store, nodeID, gateway string) inventory.Tunnel {
+	t.Helper()
+	ctx := context.Background()
+	key := make([]byte, 32)
+	_, err := rand.Read(key)
+	require.NoError(t, err)
+	b32 := func(b byte) []byte { return bytes.Repeat([]byte{b}, 32) }
+	sess, err := store.CreateSession(ctx, inventory.Session{NodeID: nodeID, EKSHA256: b32(1), AKPublic: []byte("ak"),
+		AKSHA256: b32(2), WireGuardPublicKey: key, Nonce: b32(4), SecretSHA256: b32(5)}, time.Minute)
+	require.NoError(t, err)
+	a, err := store.CreateAttestation(ctx, inventory.Attestation{SessionID: sess.ID, NodeID: nodeID, EKSHA256: b32(1),
+		AKSHA256: b32(2), WireGuardPublicKey: key}, time.Minute)
+	require.NoError(t, err)
+	var tun inventory.Tunnel
+	require.NoError(t, store.InTx(ctx, func(q *inventory.Queries) error {
+		if _, err := q.ConsumeAttestation(ctx, a.ID); err != nil {
+			return err
+		}
+		tun, err = q.OpenTunnel(ctx, inventory.Tunnel{Gateway: gateway, NodeID: nodeID, AttestationID: a.ID, WireGuardPublicKey: key}, 10*time.Minute)
+		return err
+	}))
+	return tun
 }
 
 func TestCompleteRefusals(t *testing.T) {

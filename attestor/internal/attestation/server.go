@@ -164,9 +164,15 @@ func New(cfg Config, store *inventory.Store, logger *slog.Logger, reg prometheus
 			Name: "attestboot_attestations_in_flight",
 			Help: "Sessions this replica has begun and not seen completed (admission control counts them against -max-in-flight).",
 		}, func() float64 { return float64(s.window.InFlight()) })
+		limit := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "attestboot_attestation_admission_limit",
+			Help: "The sessions this replica admits at once now: -max-in-flight, less while open tunnels exceed half of -max-open-tunnels.",
+		}, func() float64 { return float64(s.window.Limit()) })
 		if reg != nil {
-			if err := reg.Register(inFlight); err != nil {
-				return nil, fmt.Errorf("attestation: register metrics: %w", err)
+			for _, c := range []prometheus.Collector{inFlight, limit} {
+				if err := reg.Register(c); err != nil {
+					return nil, fmt.Errorf("attestation: register metrics: %w", err)
+				}
 			}
 		}
 	}
