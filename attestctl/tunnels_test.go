@@ -3,7 +3,6 @@ package attestctl_test
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
 	"net"
 	"os"
 	"os/exec"
@@ -11,15 +10,14 @@ import (
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/stretchr/testify/require"
 
 	"github.com/attestboot/attestboot/attestctl"
-	"github.com/attestboot/attestboot/services/inventory"
 	"github.com/attestboot/attestboot/services/netnstest"
 	"github.com/attestboot/attestboot/services/proctest"
 	"github.com/attestboot/attestboot/services/testdep"
+	"github.com/attestboot/attestboot/services/tunneltest"
 )
 
 var (
@@ -49,31 +47,6 @@ type buildError struct {
 }
 
 func (e *buildError) Error() string { return e.err.Error() + "\n" + string(e.out) }
-
-// openTunnel records an open tunnel the way tunnelmgr's OpenTunnel does (a passed attestation
-// consumed in the same transaction), without a TPM.
-func openTunnel(t *testing.T, store *inventory.Store, nodeID, gateway string) inventory.Tunnel {
-	t.Helper()
-	ctx := t.Context()
-	r := func() []byte { b := make([]byte, 32); _, _ = rand.Read(b); return b }
-	wg, ek := r(), r()
-	b32 := func(b byte) []byte { return bytes.Repeat([]byte{b}, 32) }
-	sess, err := store.CreateSession(ctx, inventory.Session{NodeID: nodeID, EKSHA256: ek, AKPublic: []byte("tpmt_public"),
-		AKSHA256: b32(2), WireGuardPublicKey: wg, Nonce: b32(4), SecretSHA256: b32(5)}, time.Minute)
-	require.NoError(t, err)
-	a, err := store.CreateAttestation(ctx, inventory.Attestation{SessionID: sess.ID, NodeID: nodeID, EKSHA256: ek,
-		AKSHA256: b32(2), WireGuardPublicKey: wg}, time.Minute)
-	require.NoError(t, err)
-	var tun inventory.Tunnel
-	require.NoError(t, store.InTx(ctx, func(q *inventory.Queries) error {
-		if _, err := q.ConsumeAttestation(ctx, a.ID); err != nil {
-			return err
-		}
-		tun, err = q.OpenTunnel(ctx, inventory.Tunnel{Gateway: gateway, NodeID: nodeID, AttestationID: a.ID, WireGuardPublicKey: wg}, 10*time.Minute)
-		return err
-	}))
-	return tun
-}
 
 // TestTunnels runs tunnelmgr with its embedded WireGuard device in a gateway namespace and
 // reaches it through Env.Dial.
@@ -115,7 +88,7 @@ func TestTunnels(t *testing.T) {
 	}
 
 	require.Equal(t, 0, s.run(t, "nodes", "create", "tn1").code)
-	tun := openTunnel(t, s.store, "tn1", "gw1")
+	tun := tunneltest.Open(t, s.store, "tn1", "gw1", nil)
 
 	r := run("tunnels", "list", "--state", "open")
 	require.Equal(t, 0, r.code, r)

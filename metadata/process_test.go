@@ -33,7 +33,6 @@ import (
 	"google.golang.org/protobuf/encoding/prototext"
 
 	"github.com/attestboot/attestboot/metadata"
-	"github.com/attestboot/attestboot/metadata/internal/tunneltest"
 	metadatav1 "github.com/attestboot/attestboot/proto/attestboot/metadata/v1"
 	tunnelmgrv1 "github.com/attestboot/attestboot/proto/attestboot/tunnelmgr/v1"
 	"github.com/attestboot/attestboot/services/cli"
@@ -44,6 +43,7 @@ import (
 	"github.com/attestboot/attestboot/services/pki"
 	"github.com/attestboot/attestboot/services/proctest"
 	"github.com/attestboot/attestboot/services/testdep"
+	"github.com/attestboot/attestboot/services/tunneltest"
 )
 
 // childEnv makes this test binary run as the metadata binary.

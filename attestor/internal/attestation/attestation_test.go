@@ -27,6 +27,7 @@ import (
 	"github.com/attestboot/attestboot/services/inventory"
 	"github.com/attestboot/attestboot/services/nodeattest"
 	"github.com/attestboot/attestboot/services/tpmtest"
+	"github.com/attestboot/attestboot/services/tunneltest"
 )
 
 func TestAttestationPasses(t *testing.T) {
@@ -246,7 +247,7 @@ func TestAdmissionFollowsOpenTunnels(t *testing.T) {
 	for _, id := range []string{"busy1", "busy2"} {
 		_, err := b.store.CreateNode(ctx, inventory.Node{ID: id, Enabled: true})
 		require.NoError(t, err)
-		tunnels = append(tunnels, openTunnel(t, b.store, id, "gw"))
+		tunnels = append(tunnels, tunneltest.Open(t, b.store, id, "gw", nil))
 	}
 	n1, n2 := newNode(t, "n1", nodeattest.ECDSA), newNode(t, "n2", nodeattest.ECDSA)
 	b.addNode(t, n1)
@@ -270,31 +271,6 @@ func TestAdmissionFollowsOpenTunnels(t *testing.T) {
 	_, err = b.begin(t, n2)
 	require.NoError(t, err, "the tunnels closed: the whole window again")
 	require.EqualValues(t, 16, gauge(t, b, "attestboot_attestation_admission_limit"))
-}
-
-// openTunnel opens a tunnel for nodeID on gateway as tunnelmgr does: an attestation, consumed.
-func openTunnel(t *testing.T, store *inventory.Store, nodeID, gateway string) inventory.Tunnel {
-	t.Helper()
-	ctx := context.Background()
-	key := make([]byte, 32)
-	_, err := rand.Read(key)
-	require.NoError(t, err)
-	b32 := func(b byte) []byte { return bytes.Repeat([]byte{b}, 32) }
-	sess, err := store.CreateSession(ctx, inventory.Session{NodeID: nodeID, EKSHA256: b32(1), AKPublic: []byte("ak"),
-		AKSHA256: b32(2), WireGuardPublicKey: key, Nonce: b32(4), SecretSHA256: b32(5)}, time.Minute)
-	require.NoError(t, err)
-	a, err := store.CreateAttestation(ctx, inventory.Attestation{SessionID: sess.ID, NodeID: nodeID, EKSHA256: b32(1),
-		AKSHA256: b32(2), WireGuardPublicKey: key}, time.Minute)
-	require.NoError(t, err)
-	var tun inventory.Tunnel
-	require.NoError(t, store.InTx(ctx, func(q *inventory.Queries) error {
-		if _, err := q.ConsumeAttestation(ctx, a.ID); err != nil {
-			return err
-		}
-		tun, err = q.OpenTunnel(ctx, inventory.Tunnel{Gateway: gateway, NodeID: nodeID, AttestationID: a.ID, WireGuardPublicKey: key}, 10*time.Minute)
-		return err
-	}))
-	return tun
 }
 
 func TestCompleteRefusals(t *testing.T) {

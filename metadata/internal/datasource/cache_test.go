@@ -8,9 +8,9 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/attestboot/attestboot/metadata/internal/datasource"
-	"github.com/attestboot/attestboot/metadata/internal/tunneltest"
 	"github.com/attestboot/attestboot/services/clock"
 	"github.com/attestboot/attestboot/services/inventory"
+	"github.com/attestboot/attestboot/services/tunneltest"
 )
 
 // TestCacheFollowsTunnels shows that the datasource's cache never outlives a tunnel: with a

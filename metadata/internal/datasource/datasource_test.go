@@ -26,9 +26,9 @@ import (
 	"github.com/attestboot/attestboot/metadata/internal/datasource"
 	"github.com/attestboot/attestboot/metadata/internal/nodedocs"
 	"github.com/attestboot/attestboot/metadata/internal/seal"
-	"github.com/attestboot/attestboot/metadata/internal/tunneltest"
 	"github.com/attestboot/attestboot/services/inventory"
 	"github.com/attestboot/attestboot/services/pgtest"
+	"github.com/attestboot/attestboot/services/tunneltest"
 )
 
 func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }

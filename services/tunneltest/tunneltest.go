@@ -1,5 +1,6 @@
 // Package tunneltest opens tunnels in the inventory the way tunnelmgr does (a passed
-// attestation consumed by OpenTunnel), so metadata tests have real open tunnels to serve.
+// attestation consumed by OpenTunnel), so that tests of the services around tunnelmgr have
+// real open tunnels: metadata serves them, the attestor counts them, attestctl lists them.
 package tunneltest
 
 import (
