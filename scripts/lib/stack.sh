@@ -14,6 +14,12 @@
 say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 
 declare -A PIDS=()
+MOUNTS=()
+
+# stack_tmpfs DIR: a tmpfs at DIR (made under $STACK), unmounted by stack_down.
+stack_tmpfs() {
+	mkdir -p "$1" && mount -t tmpfs -o mode=755 tmpfs "$1" && MOUNTS+=("$1")
+}
 
 stack_down() {
 	trap - INT TERM EXIT
@@ -31,6 +37,7 @@ stack_down() {
 	ip netns del "$GW" 2>/dev/null || true
 	ip netns del "$NS" 2>/dev/null || true
 	rm -f /var/run/wireguard/"$WGIF".sock
+	for m in "${MOUNTS[@]}"; do umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true; done
 	[ -n "${KEEP:-}" ] || rm -rf "$STACK"
 }
 
