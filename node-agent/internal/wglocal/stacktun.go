@@ -2,17 +2,12 @@ package wglocal
 
 // The netstack end's TUN: a gVisor TCP/IP stack in this process. It follows
 // golang.zx2c4.com/wireguard/tun/netstack (MIT License, Copyright (C) 2017-2025 WireGuard LLC),
-// reduced to what the agent uses (TCP to an address literal), with one change: the stack never
-// waits for the WireGuard device. Upstream hands each packet the stack sends to Read through
-// an unbuffered channel, from the stack's write notification, so whatever sends it — a TCP
-// processor or a TCP timer, holding the connection's lock — waits until the device's reader
-// goroutine runs. Meanwhile the stack's processors find that lock taken by someone who is not
-// a reader or writer of the socket and requeue the connection at once, a spin: on a machine
-// busy with 10,000 simulated nodes it was 41 % of the simulator's CPU. Here packets wait in
-// the link endpoint's queue (1024 packets; a full queue drops, which TCP retransmits), and
-// Read takes them from it. It also keeps upstream's Close from racing a send: upstream closes
-// the channel a TCP timer may still be sending on, which panics ("send on closed channel")
-// and killed a 10,000-node simulation.
+// reduced to what the agent uses (TCP to an address literal), with one change: Close cannot
+// race a packet the stack is still writing. Upstream's Close closes the channel Read takes
+// packets from while a TCP timer of the stack may still be sending on it, and the send panics
+// ("send on closed channel"): that killed a 10,000-node simulation, every tunnel of which is
+// closed while its connections are still winding down. Here the writer gives up on a done
+// channel that Close closes instead.
 
 import (
 	"context"
@@ -38,13 +33,14 @@ import (
 
 // stackTun is a tun.Device whose far side is a gVisor stack, and a dialer into that stack.
 type stackTun struct {
-	ep     *channel.Endpoint // its queue holds the packets the stack sent, for Read
-	stack  *stack.Stack
-	events chan tun.Event
-	closed context.Context // done once Close has begun
-	cancel context.CancelFunc
-	close  sync.Once
-	mtu    int
+	ep       *channel.Endpoint
+	stack    *stack.Stack
+	notify   *channel.NotificationHandle
+	events   chan tun.Event
+	incoming chan *buffer.View // packets the stack sends, for the WireGuard device to read
+	done     chan struct{}     // closed by Close
+	close    sync.Once
+	mtu      int
 }
 
 // newStackTun makes a stack with the local addresses and a default route through the device.
@@ -56,14 +52,16 @@ func newStackTun(local []netip.Addr, mtu int) (*stackTun, error) {
 			TransportProtocols: []stack.TransportProtocolFactory{tcp.NewProtocol},
 			HandleLocal:        true,
 		}),
-		events: make(chan tun.Event, 1),
-		mtu:    mtu,
+		events:   make(chan tun.Event, 1),
+		incoming: make(chan *buffer.View),
+		done:     make(chan struct{}),
+		mtu:      mtu,
 	}
-	t.closed, t.cancel = context.WithCancel(context.Background())
 	sack := tcpip.TCPSACKEnabled(true)
 	if err := t.stack.SetTransportProtocolOption(tcp.ProtocolNumber, &sack); err != nil {
 		return nil, fmt.Errorf("enable TCP SACK: %v", err)
 	}
+	t.notify = t.ep.AddNotify(t)
 	if err := t.stack.CreateNIC(1, t.ep); err != nil {
 		return nil, fmt.Errorf("create NIC: %v", err)
 	}
@@ -91,19 +89,18 @@ func (t *stackTun) BatchSize() int           { return 1 }
 
 // Read hands the WireGuard device the next packet the stack sent.
 func (t *stackTun) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
-	pkt := t.ep.ReadContext(t.closed)
-	if pkt == nil { // closed (the queue's channel too, once Close is done)
+	select {
+	case view := <-t.incoming:
+		n, err := view.Read(bufs[0][offset:])
+		view.Release()
+		if err != nil {
+			return 0, err
+		}
+		sizes[0] = n
+		return 1, nil
+	case <-t.done:
 		return 0, os.ErrClosed
 	}
-	view := pkt.ToView()
-	pkt.DecRef()
-	n, err := view.Read(bufs[0][offset:])
-	view.Release()
-	if err != nil {
-		return 0, err
-	}
-	sizes[0] = n
-	return 1, nil
 }
 
 // Write gives the stack the packets the WireGuard device decrypted.
@@ -127,13 +124,30 @@ func (t *stackTun) Write(bufs [][]byte, offset int) (int, error) {
 	return len(bufs), nil
 }
 
+// WriteNotify is the stack telling that it sent a packet: it goes to Read, unless the device
+// is closed (then it is dropped; upstream panics here).
+func (t *stackTun) WriteNotify() {
+	pkt := t.ep.Read()
+	if pkt == nil {
+		return
+	}
+	view := pkt.ToView()
+	pkt.DecRef()
+	select {
+	case t.incoming <- view:
+	case <-t.done:
+		view.Release()
+	}
+}
+
 // Close stops the stack. The WireGuard device calls it when it closes.
 func (t *stackTun) Close() error {
 	t.close.Do(func() {
-		t.cancel()
+		close(t.done)
 		t.stack.RemoveNIC(1)
 		t.stack.Close()
-		t.ep.Close() // drops what is still queued
+		t.ep.RemoveNotify(t.notify)
+		t.ep.Close()
 		close(t.events)
 	})
 	return nil
