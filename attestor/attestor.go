@@ -59,7 +59,7 @@ func DefaultConfig() Config {
 		MaxPerEK:       10,
 		MaxInFlight:    256,
 		RetryAfter:     time.Second,
-		MaxOpenTunnels: 2048,
+		MaxOpenTunnels: 1024,
 	}
 }
 
