@@ -6,16 +6,18 @@
 // flight to what completes.
 //
 // The hints are retry slots: the window estimates how many sessions it completes per second
-// (sessions in flight over their mean time in flight, Little's law) and gives the nodes it
-// turns away times to come back spaced at twice that rate, one after the other, up to
-// MaxRetryAfter ahead. So ten thousand nodes turned away together come back as a stream the
-// attestor can take, instead of all every second (each return is a refused call and an event
+// (sessions in flight over their mean time in flight, Little's law, or the completions of the
+// last rateSpan or so if that is more) and gives the nodes it turns away times to come back
+// spaced at twice that rate, one after the other, up to MaxRetryAfter ahead. So ten thousand
+// nodes turned away together come back as a stream the attestor can take, instead of all
+// every second (each return is a refused call and an event
 // in the inventory's log: at 10,000 nodes with a fixed one-second hint that was 22 refusals
 // per node).
 package admission
 
 import (
 	"errors"
+	"math"
 	"sync"
 	"time"
 
@@ -56,6 +58,7 @@ type Window struct {
 	downstream int                  // the last SetDownstream
 	latency    time.Duration        // mean time in flight of completed sessions (moving average)
 	lastDone   time.Time            // when a counted session last completed
+	rate       float64              // completions per second, averaged over about rateSpan, at lastDone
 	nextSlot   time.Time            // the next free retry slot
 }
 
@@ -147,6 +150,7 @@ func (w *Window) Done(id string) {
 		} else {
 			w.latency += (took - w.latency) / latencyWeight
 		}
+		w.rate = w.rateAt(now) + 1/rateSpan.Seconds()
 		w.lastDone = now
 	}
 }
@@ -191,6 +195,23 @@ const latencyWeight = 16
 // idleAfter: when no session has completed for this long, the completion rate is unknown.
 const idleAfter = 10 * time.Second
 
+// rateSpan is the time constant of the averaged completion rate. Little's law on the window
+// says what it completes now; when the window has shrunk (MaxDownstream) that is far below what
+// it completes once the later phases drain, a few seconds later, and the nodes turned away
+// meanwhile were given slots as sparse as the shrunk window: the storm went in waves (10,000
+// nodes: 300 to 1,650 boots per 10 s, with the open tunnels swinging 200 to 1,400). Spacing
+// the slots by the rate of the last tens of seconds keeps the nodes coming at what the
+// pipeline as a whole has been finishing.
+const rateSpan = 20 * time.Second
+
+// rateAt is the averaged completion rate decayed to now; w.mu is held.
+func (w *Window) rateAt(now time.Time) float64 {
+	if w.rate == 0 {
+		return 0
+	}
+	return w.rate * math.Exp(-now.Sub(w.lastDone).Seconds()/rateSpan.Seconds())
+}
+
 // RetryAfter hands a node turned away its retry slot: how long it should wait. Each call takes
 // a slot, so call it once per node turned away. The slots follow each other at twice the
 // estimated completion rate (half of the nodes coming back find a place, the rest take new
@@ -212,7 +233,7 @@ func (w *Window) RetryAfter() time.Duration {
 	if w.latency == 0 || now.Sub(w.lastDone) > idleAfter || inFlight == 0 {
 		return w.cfg.RetryAfter
 	}
-	rate := float64(inFlight) / w.latency.Seconds()
+	rate := max(float64(inFlight)/w.latency.Seconds(), w.rateAt(now))
 	slot := now.Add(w.cfg.RetryAfter)
 	if w.nextSlot.After(slot) {
 		slot = w.nextSlot

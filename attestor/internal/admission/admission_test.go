@@ -187,6 +187,49 @@ func TestRetrySlotsFollowTheCompletionRate(t *testing.T) {
 	require.Greater(t, gap, time.Second/40, "a moving average: not all the way at once")
 }
 
+// TestRetrySlotsKeepTheRateWhileTheWindowIsShrunk: when the later phases fill and the window
+// shrinks to a place, the slots keep the spacing of what the window has been completing over
+// the last tens of seconds, not of the one place (Little's law alone: 2.5 per second), so
+// that nodes are there when the window opens again.
+func TestRetrySlotsKeepTheRateWhileTheWindowIsShrunk(t *testing.T) {
+	t.Parallel()
+	clk := clock.NewFake(time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC))
+	w, err := admission.New(admission.Config{Limit: 16, TTL: time.Minute, MaxDownstream: 32, Clock: clk})
+	require.NoError(t, err)
+	// A minute of 16 sessions every 400 ms: 40 completions per second.
+	for c := range 150 {
+		var ids []string
+		for i := range 16 {
+			tk, ok := w.Admit()
+			require.True(t, ok)
+			ids = append(ids, fmt.Sprintf("s%d-%d", c, i))
+			tk.Keep(ids[i])
+		}
+		clk.Advance(400 * time.Millisecond)
+		for _, id := range ids {
+			w.Done(id)
+		}
+	}
+	w.SetDownstream(32)
+	require.Equal(t, 1, w.Limit(), "the later phases are full: one place")
+	tk, ok := w.Admit()
+	require.True(t, ok)
+	tk.Keep("last")
+	_, ok = w.Admit()
+	require.False(t, ok)
+	first, second := w.RetryAfter(), w.RetryAfter()
+	// 1 / (2 × 40 per second) = 12.5 ms; the average has reached 95 % of the rate in a minute.
+	require.InDelta(t, float64(time.Second/80), float64(second-first), float64(time.Second/400))
+
+	clk.Advance(20 * time.Second)
+	w.Done("last")
+	tk, ok = w.Admit()
+	require.True(t, ok)
+	tk.Keep("after")
+	first, second = w.RetryAfter(), w.RetryAfter()
+	require.Greater(t, second-first, time.Second/40, "20 s later the average has decayed to about a third")
+}
+
 // TestWindowShrinksWithDownstream: with MaxDownstream, the window keeps its whole limit up to
 // half of it, then shrinks linearly to a sixteenth at MaxDownstream and stays there beyond.
 func TestWindowShrinksWithDownstream(t *testing.T) {
