@@ -10,9 +10,8 @@
 // last rateSpan or so if that is more) and gives the nodes it turns away times to come back
 // spaced at twice that rate, one after the other, up to MaxRetryAfter ahead. So ten thousand
 // nodes turned away together come back as a stream the attestor can take, instead of all
-// every second (each return is a refused call and an event
-// in the inventory's log: at 10,000 nodes with a fixed one-second hint that was 22 refusals
-// per node).
+// every second (each return is a refused call and an event in the inventory's log: at 10,000
+// nodes with a fixed one-second hint that was 22 refusals per node).
 package admission
 
 import (
@@ -206,9 +205,6 @@ const rateSpan = 20 * time.Second
 
 // rateAt is the averaged completion rate decayed to now; w.mu is held.
 func (w *Window) rateAt(now time.Time) float64 {
-	if w.rate == 0 {
-		return 0
-	}
 	return w.rate * math.Exp(-now.Sub(w.lastDone).Seconds()/rateSpan.Seconds())
 }
 
