@@ -34,6 +34,10 @@ type Server struct {
 
 var _ grpc.ServiceRegistrar = (*Server)(nil)
 
+// connReadBuffer is each connection's read buffer (gRPC's default is 32 KiB). Larger messages
+// (admin uploads) are read in more calls, not refused.
+const connReadBuffer = 8 << 10
+
 // New builds the server: it loads or creates the TLS material (see Config), reads the admin
 // token, registers the gRPC metrics with reg (nil: not registered) and installs, outermost first,
 // the request logging, metrics, panic recovery and admin authorization interceptors, so that logs
@@ -78,6 +82,12 @@ func New(cfg Config, logger *slog.Logger, reg prometheus.Registerer, opts ...grp
 	s.grpc = grpc.NewServer(append([]grpc.ServerOption{
 		grpc.Creds(creds),
 		grpc.ConnectionTimeout(cfg.HandshakeTimeout),
+		// A storm holds a connection per waiting node (10,000 at once): each would keep a
+		// 32 KiB write buffer and a 32 KiB read buffer for its whole life. The write buffer
+		// goes back to a pool after each flush, and the read buffer fits any request of these
+		// services (an attestation request, with its EK certificate, is a few KiB).
+		grpc.SharedWriteBuffer(true),
+		grpc.ReadBufferSize(connReadBuffer),
 		grpc.ChainUnaryInterceptor(rl.unary(), m.UnaryServerInterceptor(), rc.unary(), pol.unaryInterceptor()),
 		grpc.ChainStreamInterceptor(rl.stream(), m.StreamServerInterceptor(), rc.stream(), pol.streamInterceptor()),
 	}, opts...)...)

@@ -152,12 +152,18 @@ func (b *booter) run(ctx context.Context) error {
 	}
 	defer tpm.Close()
 
-	creds := grpc.WithTransportCredentials(credentials.NewTLS(cfg.TLS))
-	attConn, err := grpc.NewClient(cfg.Attestor, creds)
+	// Small buffers: the answers are a few KiB, and nodesim holds thousands of these clients
+	// (gRPC's default is 32 KiB each way for the connection's life).
+	opts := []grpc.DialOption{
+		grpc.WithTransportCredentials(credentials.NewTLS(cfg.TLS)),
+		grpc.WithSharedWriteBuffer(true),
+		grpc.WithReadBufferSize(8 << 10),
+	}
+	attConn, err := grpc.NewClient(cfg.Attestor, opts...)
 	if err != nil {
 		return fail(ClassConfig, err)
 	}
-	tmConn, err := grpc.NewClient(cfg.TunnelManager, creds)
+	tmConn, err := grpc.NewClient(cfg.TunnelManager, opts...)
 	if err != nil {
 		attConn.Close()
 		return fail(ClassConfig, err)
