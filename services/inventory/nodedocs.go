@@ -82,25 +82,45 @@ type TunnelRef struct {
 	PhonedHomeAt time.Time // zero until the node phoned home
 }
 
-// OpenTunnelRefByAddress returns the id and phone-home time of the open tunnel of gateway that
-// owns addr (OpenTunnelByAddress, reading two columns), or ErrNotFound.
-func (q *Queries) OpenTunnelRefByAddress(ctx context.Context, gateway string, addr netip.Addr) (TunnelRef, error) {
-	column := "address_v4"
-	if addr.Is6() && !addr.Is4In6() {
-		column = "address_v6"
+// OpenTunnelRefsByAddress returns the id and phone-home time of the open tunnel of gateway
+// that owns each of addrs, in one statement per address family: metadata looks up the tunnels
+// behind the requests that arrive together at once. The map is keyed by address, IPv4-mapped
+// IPv6 addresses unmapped; an address no open tunnel owns is absent from it.
+func (q *Queries) OpenTunnelRefsByAddress(ctx context.Context, gateway string, addrs []netip.Addr) (map[netip.Addr]TunnelRef, error) {
+	var v4, v6 []netip.Prefix
+	for _, a := range addrs {
+		if a.Is6() && !a.Is4In6() {
+			v6 = append(v6, addrParam(a).(netip.Prefix))
+		} else {
+			v4 = append(v4, addrParam(a.Unmap()).(netip.Prefix))
+		}
 	}
-	addr = addr.Unmap()
-	var (
-		ref    TunnelRef
-		phoned *time.Time
-	)
-	err := q.db.QueryRow(ctx, `SELECT id::text, phoned_home_at FROM tunnels WHERE gateway = $1 AND state = 'open' AND `+column+` = $2`,
-		gateway, addrParam(addr)).Scan(&ref.ID, &phoned)
-	if err != nil {
-		return TunnelRef{}, dbError(fmt.Sprintf("get open tunnel of %s on gateway %q", addr, gateway), err)
+	refs := make(map[netip.Addr]TunnelRef, len(addrs))
+	for column, family := range map[string][]netip.Prefix{"address_v4": v4, "address_v6": v6} {
+		if len(family) == 0 {
+			continue
+		}
+		rows, err := q.db.Query(ctx, `SELECT `+column+`, id::text, phoned_home_at FROM tunnels
+			WHERE gateway = $1 AND state = 'open' AND `+column+` = ANY($2)`, gateway, family)
+		if err != nil {
+			return nil, dbError(fmt.Sprintf("get the open tunnels of %d addresses on gateway %q", len(family), gateway), err)
+		}
+		var (
+			addr   netip.Prefix
+			ref    TunnelRef
+			phoned *time.Time
+		)
+		_, err = pgx.ForEachRow(rows, []any{&addr, &ref.ID, &phoned}, func() error {
+			ref.PhonedHomeAt = time.Time{}
+			if phoned != nil {
+				ref.PhonedHomeAt = phoned.UTC()
+			}
+			refs[addr.Addr()] = ref
+			return nil
+		})
+		if err != nil {
+			return nil, dbError(fmt.Sprintf("get the open tunnels of %d addresses on gateway %q", len(family), gateway), err)
+		}
 	}
-	if phoned != nil {
-		ref.PhonedHomeAt = phoned.UTC()
-	}
-	return ref, nil
+	return refs, nil
 }

@@ -78,3 +78,40 @@ func TestNodeDocsSourceByAddress(t *testing.T) {
 		require.NoError(t, err)
 	}
 }
+
+// TestOpenTunnelRefsByAddress: one call answers for IPv4, IPv6 and IPv4-mapped addresses of
+// open tunnels with their phone-home state, and leaves out addresses no open tunnel owns (an
+// unused one, a closed tunnel's, another gateway's).
+func TestOpenTunnelRefsByAddress(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	b := setup(t)
+	gateway(t, b, "gw", "100.64.0.0/24", "fd00::/64")
+	t1, err := open(t, b, attested(t, b, "n1", "gw"))
+	require.NoError(t, err)
+	t2, err := open(t, b, attested(t, b, "n2", "gw"))
+	require.NoError(t, err)
+	t3, err := open(t, b, attested(t, b, "n3", "gw"))
+	require.NoError(t, err)
+	phoned, err := b.store.MarkPhonedHome(ctx, t2.ID)
+	require.NoError(t, err)
+	_, _, err = b.store.CloseTunnel(ctx, t3.ID, inventory.TunnelClosed, "phone_home")
+	require.NoError(t, err)
+
+	unused := netip.MustParseAddr("100.64.0.200")
+	refs, err := b.store.OpenTunnelRefsByAddress(ctx, "gw", []netip.Addr{
+		t1.AddressV4, t1.AddressV6, netip.AddrFrom16(t2.AddressV4.As16()), t1.AddressV4, unused, t3.AddressV4})
+	require.NoError(t, err)
+	require.Equal(t, map[netip.Addr]inventory.TunnelRef{
+		t1.AddressV4: {ID: t1.ID},
+		t1.AddressV6: {ID: t1.ID},
+		t2.AddressV4: {ID: t2.ID, PhonedHomeAt: phoned.PhonedHomeAt},
+	}, refs)
+
+	refs, err = b.store.OpenTunnelRefsByAddress(ctx, "other-gw", []netip.Addr{t1.AddressV4, t1.AddressV6})
+	require.NoError(t, err)
+	require.Empty(t, refs)
+	refs, err = b.store.OpenTunnelRefsByAddress(ctx, "gw", nil)
+	require.NoError(t, err)
+	require.Empty(t, refs)
+}

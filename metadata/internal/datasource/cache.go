@@ -19,14 +19,14 @@ import (
 // sourceReader reads what a node's documents are made of, for the tunnel owning an address.
 // Implemented by *inventory.Store.
 type sourceReader interface {
-	OpenTunnelRefByAddress(ctx context.Context, gateway string, addr netip.Addr) (inventory.TunnelRef, error)
+	refReader
 	NodeDocsSourceByAddress(ctx context.Context, gateway string, addr netip.Addr) (inventory.NodeDocsSource, error)
 }
 
 // cache keeps, per source address, the last read of the owning tunnel's documents source and
 // the documents rendered from it, so that a node fetching its documents again (cloud-init
-// retries, a boot storm of benchmark clients) costs one indexed lookup instead of five queries,
-// a render and an event write.
+// retries, a boot storm of benchmark clients) costs one indexed lookup (batched with the
+// other requests', see refs) instead of five queries, a render and an event write.
 //
 // Which tunnel owns the address is checked on every request, against the inventory: a cached
 // read answers only a request whose address is still owned by the same open tunnel, in the
@@ -40,6 +40,7 @@ type sourceReader interface {
 type cache struct {
 	gateway string
 	store   sourceReader
+	refs    *refs
 	docs    *nodedocs.Builder
 	ttl     time.Duration
 	clock   clock.Clock
@@ -92,7 +93,8 @@ type document struct {
 }
 
 func newCache(gateway string, store sourceReader, docs *nodedocs.Builder, ttl time.Duration, clk clock.Clock, watch changeWatch) *cache {
-	return &cache{gateway: gateway, store: store, docs: docs, ttl: ttl, clock: clk, watch: watch, slots: map[netip.Addr]*slot{}}
+	return &cache{gateway: gateway, store: store, refs: newRefs(gateway, store), docs: docs, ttl: ttl, clock: clk, watch: watch,
+		slots: map[netip.Addr]*slot{}}
 }
 
 // fresh reports whether v may answer a request now that ref owns its address.
@@ -125,7 +127,7 @@ func (c *cache) newView() *view {
 // lookup returns the view of the open tunnel owning addr, reading it again unless the cached
 // one is fresh. It is inventory.ErrNotFound when no open tunnel owns addr.
 func (c *cache) lookup(ctx context.Context, addr netip.Addr) (*view, error) {
-	ref, err := c.store.OpenTunnelRefByAddress(ctx, c.gateway, addr)
+	ref, err := c.refs.get(ctx, addr)
 	if errors.Is(err, inventory.ErrNotFound) {
 		c.mu.Lock()
 		delete(c.slots, addr)
