@@ -82,11 +82,10 @@ func New(cfg Config, logger *slog.Logger, reg prometheus.Registerer, opts ...grp
 	s.grpc = grpc.NewServer(append([]grpc.ServerOption{
 		grpc.Creds(creds),
 		grpc.ConnectionTimeout(cfg.HandshakeTimeout),
-		// A storm holds a connection per waiting node (10,000 at once): each would keep a
-		// 32 KiB write buffer and a 32 KiB read buffer for its whole life. The write buffer
-		// goes back to a pool after each flush, and the read buffer fits any request of these
-		// services (an attestation request, with its EK certificate, is a few KiB).
-		grpc.SharedWriteBuffer(true),
+		// A storm holds a connection per waiting node (10,000 at once), and each would keep a
+		// 32 KiB read buffer for its whole life (write buffers are pooled already). A smaller
+		// one fits any request of these services (an attestation request, with its EK
+		// certificate, is a few KiB).
 		grpc.ReadBufferSize(connReadBuffer),
 		grpc.ChainUnaryInterceptor(rl.unary(), m.UnaryServerInterceptor(), rc.unary(), pol.unaryInterceptor()),
 		grpc.ChainStreamInterceptor(rl.stream(), m.StreamServerInterceptor(), rc.stream(), pol.streamInterceptor()),

@@ -152,11 +152,10 @@ func (b *booter) run(ctx context.Context) error {
 	}
 	defer tpm.Close()
 
-	// Small buffers: the answers are a few KiB, and nodesim holds thousands of these clients
-	// (gRPC's default is 32 KiB each way for the connection's life).
+	// A small read buffer: the answers are a few KiB, and nodesim holds thousands of these
+	// clients (gRPC's default keeps 32 KiB for the connection's life).
 	opts := []grpc.DialOption{
 		grpc.WithTransportCredentials(credentials.NewTLS(cfg.TLS)),
-		grpc.WithSharedWriteBuffer(true),
 		grpc.WithReadBufferSize(8 << 10),
 	}
 	attConn, err := grpc.NewClient(cfg.Attestor, opts...)
