@@ -127,6 +127,9 @@ func Run(ctx context.Context, args []string, env Env) int {
 	a := &app{ctx: ctx, env: env, cfg: defaultConfig(), conns: map[string]*grpc.ClientConn{}}
 	defer a.close()
 	err := a.run(args)
+	if errors.Is(err, errHelpShown) {
+		return ExitOK
+	}
 	return a.report(err)
 }
 

@@ -340,6 +340,17 @@ func TestCLI(t *testing.T) {
 			r = s.run(t, args...)
 			require.Equal(t, attestctl.ExitUsage, r.code, "%v: %s", args, r)
 		}
+		// Help is an answer, not a failure: a command's flags, a group's subcommands.
+		r = s.run(t, "nodes", "list", "-h")
+		require.Equal(t, 0, r.code, r)
+		require.Contains(t, r.stderr, "usage: attestctl nodes list")
+		require.NotContains(t, r.stderr, "attestctl: ", "no error printed")
+		for _, h := range []string{"-h", "--help", "help"} {
+			r = s.run(t, "nodes", h)
+			require.Equal(t, 0, r.code, r)
+			require.Contains(t, r.stdout, "nodes list|get|create")
+			require.NotContains(t, r.stdout, "\n  tunnels ", "only the group asked about")
+		}
 		r = s.run(t, "help")
 		require.Equal(t, 0, r.code)
 		for code := range 7 {

@@ -72,6 +72,10 @@ func (a *app) sub(group string, args []string, subs map[string]func([]string) er
 	if len(args) == 0 {
 		return usagef("%s: missing subcommand (%s)", group, keys(subs))
 	}
+	if slices.Contains([]string{"-h", "-help", "--help", "help"}, args[0]) {
+		a.help([]string{group})
+		return errHelpShown
+	}
 	f, ok := subs[args[0]]
 	if !ok {
 		return usagef("%s: unknown subcommand %q (%s)", group, args[0], keys(subs))
