@@ -89,11 +89,12 @@ type TunnelRef struct {
 func (q *Queries) OpenTunnelRefsByAddress(ctx context.Context, gateway string, addrs []netip.Addr) (map[netip.Addr]TunnelRef, error) {
 	var v4, v6 []netip.Prefix
 	for _, a := range addrs {
-		if a.Is6() && !a.Is4In6() {
-			v6 = append(v6, addrParam(a).(netip.Prefix))
-		} else {
-			v4 = append(v4, addrParam(a.Unmap()).(netip.Prefix))
-		}
+		switch a = a.Unmap(); {
+		case a.Is4():
+			v4 = append(v4, netip.PrefixFrom(a, 32))
+		case a.Is6():
+			v6 = append(v6, netip.PrefixFrom(a, 128))
+		} // the zero Addr owns no tunnel
 	}
 	refs := make(map[netip.Addr]TunnelRef, len(addrs))
 	for column, family := range map[string][]netip.Prefix{"address_v4": v4, "address_v6": v6} {

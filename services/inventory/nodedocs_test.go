@@ -81,7 +81,7 @@ func TestNodeDocsSourceByAddress(t *testing.T) {
 
 // TestOpenTunnelRefsByAddress: one call answers for IPv4, IPv6 and IPv4-mapped addresses of
 // open tunnels with their phone-home state, and leaves out addresses no open tunnel owns (an
-// unused one, a closed tunnel's, another gateway's).
+// unused one, a closed tunnel's, another gateway's, the zero Addr).
 func TestOpenTunnelRefsByAddress(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
@@ -100,7 +100,7 @@ func TestOpenTunnelRefsByAddress(t *testing.T) {
 
 	unused := netip.MustParseAddr("100.64.0.200")
 	refs, err := b.store.OpenTunnelRefsByAddress(ctx, "gw", []netip.Addr{
-		t1.AddressV4, t1.AddressV6, netip.AddrFrom16(t2.AddressV4.As16()), t1.AddressV4, unused, t3.AddressV4})
+		t1.AddressV4, t1.AddressV6, netip.AddrFrom16(t2.AddressV4.As16()), t1.AddressV4, unused, t3.AddressV4, {}})
 	require.NoError(t, err)
 	require.Equal(t, map[netip.Addr]inventory.TunnelRef{
 		t1.AddressV4: {ID: t1.ID},
