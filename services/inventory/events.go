@@ -42,8 +42,8 @@ func scanEvent(row pgx.Row) (Event, error) {
 }
 
 // AppendEvent records e and returns it with its id and time. Called inside InTx, the event is
-// recorded only if the transaction commits, together with the change it describes. Followers
-// are woken through the attestboot_events channel by the schema's trigger.
+// recorded only if the transaction commits, together with the change it describes. Nothing is
+// notified: followers poll (migrations/0008 says why).
 func (q *Queries) AppendEvent(ctx context.Context, e Event) (Event, error) {
 	if e.At.IsZero() {
 		e.At = q.now()

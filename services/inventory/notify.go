@@ -12,11 +12,12 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
-// Channels the schema's triggers notify on.
+// Channels the schema's triggers notify on. Every transaction that notifies wakes every
+// listening session of the database, whatever channel it listens on, so the triggers notify
+// only changes some listener acts on (migrations/0008).
 const (
-	// ChannelEvents carries the id of every new event (decimal).
-	ChannelEvents = "attestboot_events"
-	// ChannelTunnels carries the name of a gateway whose tunnels changed.
+	// ChannelTunnels carries the name of a gateway whose tunnels changed in a way its
+	// reconcilers act on: opened, closed, expired, deleted, or keys, addresses or expiry changed.
 	ChannelTunnels = "attestboot_tunnels"
 	// ChannelNodeDocs says that something node documents are made of changed (node facts,
 	// groups, memberships, cloud-init data, secrets); its payload is empty.

@@ -25,8 +25,8 @@ const WatchCursorHeader = "attestboot-watch-after-id"
 const (
 	// watchBatch is how many events a watcher reads per query while catching up.
 	watchBatch = 500
-	// minWatchGap spaces a watcher's queries: during a boot storm notifications arrive by the
-	// thousand per second, and one query per gap delivers them all.
+	// minWatchGap spaces a watcher's queries: during a boot storm events held back become due
+	// by the thousand per second, and one query per gap delivers them all.
 	minWatchGap = 50 * time.Millisecond
 )
 
@@ -79,9 +79,10 @@ func eventFilterDigest(q inventory.EventQuery) string {
 	return filterDigest(q.NodeID, q.Kinds, q.KindPrefixes, q.Since, q.Until)
 }
 
-// WatchEvents sends the matching events after the cursor, in id order, as they appear. It is
-// woken by notifications (when Run runs) and polls every PollInterval regardless, so that a
-// lost notification delays an event but never loses it. Events are held back for WatchDelay
+// WatchEvents sends the matching events after the cursor, in id order, as they appear. It
+// reads the log every PollInterval, and again when an event it holds back becomes due: events
+// are not notified, which would wake every listening session of the inventory at every commit
+// of a boot storm (migrations/0008). Events are held back for WatchDelay
 // (see Config) so that a transaction that took a lower id but committed later is not skipped.
 // The stream ends when the client goes away or Run returns. The WatchCursorHeader header
 // tells the client when the watch is in place.
@@ -113,7 +114,6 @@ func (s *Server) WatchEvents(req *inventoryv1.WatchEventsRequest, stream grpc.Se
 	retry.Stop()
 	defer retry.Stop()
 	for {
-		wake := s.wake.wait()
 		started := time.Now()
 		wait, err := w.catchUp(ctx)
 		if err != nil {
@@ -129,7 +129,6 @@ func (s *Server) WatchEvents(req *inventoryv1.WatchEventsRequest, stream grpc.Se
 			return status.FromContextError(ctx.Err()).Err()
 		case <-s.stopped:
 			return status.Error(codes.Unavailable, "the server is shutting down; watch again after reconnecting")
-		case <-wake:
 		case <-poll.C:
 		case <-retryC:
 		}

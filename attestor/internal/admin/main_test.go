@@ -45,8 +45,6 @@ type env struct {
 
 type envOptions struct {
 	cfg admin.Config
-	// noRun leaves the shared listener off: watchers then only poll.
-	noRun bool
 }
 
 // testConfig makes watchers quick enough for tests while still exercising the hold-back.
@@ -73,10 +71,7 @@ func setupWith(t *testing.T, opts envOptions) *env {
 
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
-	tasks := []func(context.Context) error{func(ctx context.Context) error { return srv.Serve(ctx, lis) }}
-	if !opts.noRun {
-		tasks = append(tasks, adm.Run)
-	}
+	tasks := []func(context.Context) error{func(ctx context.Context) error { return srv.Serve(ctx, lis) }, adm.Run}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- run.Group(ctx, tasks...) }()

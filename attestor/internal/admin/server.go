@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -21,8 +20,9 @@ const eventService = "attestor"
 
 // Config tunes a Server. The zero value is valid.
 type Config struct {
-	// PollInterval is how often WatchEvents reads the event log when no notification woke it:
-	// notifications only make followers faster, polling makes them correct. Default 1 s.
+	// PollInterval is how often WatchEvents reads the event log. Events are not notified (see
+	// migrations/0008): an event is delivered once WatchDelay old, so polling more often than
+	// that would only read the same events again. Default 1 s.
 	PollInterval time.Duration
 	// WatchDelay is how long WatchEvents holds back an event before delivering it. Event ids
 	// are taken when a transaction inserts, not when it commits, so a slow transaction may
@@ -63,8 +63,6 @@ type Server struct {
 	log   *slog.Logger
 	cfg   Config
 
-	// wake is fired for every notification on the events channel; watchers wait on it.
-	wake *broadcast
 	// running guards Run; stopped is closed when Run returns, which ends the watchers so that
 	// a graceful shutdown does not wait for streams that never end on their own.
 	running atomic.Bool
@@ -73,8 +71,8 @@ type Server struct {
 
 var _ inventoryv1.InventoryServiceServer = (*Server)(nil)
 
-// New returns the admin API over store. Call Run to have WatchEvents woken by notifications
-// (without it, watchers only poll) and Register to serve it.
+// New returns the admin API over store. Call Register to serve it and Run to end the open
+// WatchEvents streams at shutdown.
 func New(store *inventory.Store, logger *slog.Logger, cfg Config) (*Server, error) {
 	if store == nil {
 		return nil, errors.New("admin: nil store")
@@ -86,7 +84,7 @@ func New(store *inventory.Store, logger *slog.Logger, cfg Config) (*Server, erro
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	return &Server{store: store, log: logger, cfg: cfg, wake: newBroadcast(), stopped: make(chan struct{})}, nil
+	return &Server{store: store, log: logger, cfg: cfg, stopped: make(chan struct{})}, nil
 }
 
 // Register registers the InventoryService on r, typically a *grpcserver.Server. The service
@@ -95,30 +93,15 @@ func (s *Server) Register(r grpc.ServiceRegistrar) {
 	inventoryv1.RegisterInventoryServiceServer(r, s)
 }
 
-// Run follows the inventory's events channel on one dedicated connection, shared by every
-// WatchEvents stream, until ctx ends. Then it ends the open streams (Unavailable) and returns
-// nil. Connection failures are retried by the listener; meanwhile watchers poll. Run may be
-// called once.
+// Run waits until ctx ends, then ends the open WatchEvents streams (Unavailable), which would
+// otherwise hold up a graceful shutdown, and returns nil. Run may be called once.
 func (s *Server) Run(ctx context.Context) error {
 	if !s.running.CompareAndSwap(false, true) {
 		return errors.New("admin: Run called twice")
 	}
-	defer close(s.stopped)
-	l, err := inventory.NewListener(s.store.Pool(), inventory.ListenerConfig{
-		Channels: []string{inventory.ChannelEvents},
-		Logger:   s.log,
-	})
-	if err != nil {
-		return fmt.Errorf("admin: %w", err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- l.Run(ctx) }()
-	// Payloads are ignored: a watcher re-reads the log from its own cursor, which also covers
-	// what was lost while the listener reconnected (the Reset notification wakes them too).
-	for range l.Notifications() {
-		s.wake.fire()
-	}
-	return <-done
+	<-ctx.Done()
+	close(s.stopped)
+	return nil
 }
 
 // record appends an admin event inside the transaction of the change it describes, naming the
@@ -135,28 +118,4 @@ func (s *Server) record(ctx context.Context, q *inventory.Queries, e inventory.E
 		return fmt.Errorf("record %s: %w", e.Kind, err)
 	}
 	return nil
-}
-
-// broadcast wakes every goroutine waiting on the channel it handed out: a condition variable
-// that works in a select.
-type broadcast struct {
-	mu sync.Mutex
-	ch chan struct{}
-}
-
-func newBroadcast() *broadcast { return &broadcast{ch: make(chan struct{})} }
-
-// wait returns a channel closed by the next fire. Take it before looking at the state it
-// guards, so that a fire in between is not lost.
-func (b *broadcast) wait() <-chan struct{} {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.ch
-}
-
-func (b *broadcast) fire() {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	close(b.ch)
-	b.ch = make(chan struct{})
 }
