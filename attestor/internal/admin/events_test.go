@@ -176,7 +176,7 @@ func TestWatchEvents(t *testing.T) {
 // committed after a later event must still be delivered, and before it.
 func TestWatchEventsWaitsForLateCommits(t *testing.T) {
 	t.Parallel()
-	e := setupWith(t, envOptions{cfg: admin.Config{PollInterval: 100 * time.Millisecond, WatchDelay: 3 * time.Second}})
+	e := setupWith(t, admin.Config{PollInterval: 100 * time.Millisecond, WatchDelay: 3 * time.Second})
 	ctx := ctxT(t)
 	stream, _ := watch(t, ctx, e, &inventoryv1.WatchEventsRequest{})
 

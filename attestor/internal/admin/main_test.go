@@ -43,23 +43,19 @@ type env struct {
 	stop func() error
 }
 
-type envOptions struct {
-	cfg admin.Config
-}
-
 // testConfig makes watchers quick enough for tests while still exercising the hold-back.
 var testConfig = admin.Config{PollInterval: 200 * time.Millisecond, WatchDelay: 150 * time.Millisecond}
 
-func setup(t *testing.T) *env { return setupWith(t, envOptions{cfg: testConfig}) }
+func setup(t *testing.T) *env { return setupWith(t, testConfig) }
 
-func setupWith(t *testing.T, opts envOptions) *env {
+func setupWith(t *testing.T, cfg admin.Config) *env {
 	t.Helper()
 	pool := pgtest.NewPool(t)
 	store := inventory.New(pool, inventory.Options{})
 	logs := &lockedBuffer{}
 	logger := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 
-	adm, err := admin.New(store, logger, opts.cfg)
+	adm, err := admin.New(store, logger, cfg)
 	require.NoError(t, err)
 	// No NodeFacing entry: every InventoryService method is admin-only.
 	srv, err := grpcserver.New(grpcserver.Config{
