@@ -81,6 +81,11 @@ func TestRefusalsChangeNothing(t *testing.T) {
 	time.Sleep(10 * time.Millisecond)
 	unusedID, unusedKey := e.attestation(t, "n2")
 	unusedPub := unusedKey.PublicKey()
+	disabledID, disabledKey := e.attestation(t, "n4")
+	disabledPub := disabledKey.PublicKey()
+	off := false
+	_, err = e.store.UpdateNode(ctx, "n4", inventory.NodeUpdate{Enabled: &off})
+	require.NoError(t, err)
 	for _, tc := range []struct {
 		name   string
 		req    *tunnelmgrv1.OpenTunnelRequest
@@ -91,6 +96,7 @@ func TestRefusalsChangeNothing(t *testing.T) {
 		{"another key than the quote bound", &tunnelmgrv1.OpenTunnelRequest{AttestationId: unusedID, WireguardPublicKey: otherPub[:]}, codes.PermissionDenied, tunnel.ReasonKeyMismatch},
 		{"consumed attestation, another key", &tunnelmgrv1.OpenTunnelRequest{AttestationId: attID, WireguardPublicKey: otherPub[:]}, codes.PermissionDenied, tunnel.ReasonKeyMismatch},
 		{"expired attestation: attest again", &tunnelmgrv1.OpenTunnelRequest{AttestationId: expiredID, WireguardPublicKey: expiredPub[:]}, codes.FailedPrecondition, tunnel.ReasonAttestationExpired},
+		{"node disabled since it attested", &tunnelmgrv1.OpenTunnelRequest{AttestationId: disabledID, WireguardPublicKey: disabledPub[:]}, codes.PermissionDenied, tunnel.ReasonNodeDisabled},
 		{"malformed id", &tunnelmgrv1.OpenTunnelRequest{AttestationId: "x", WireguardPublicKey: otherPub[:]}, codes.InvalidArgument, tunnel.ReasonInvalidRequest},
 		{"short key", &tunnelmgrv1.OpenTunnelRequest{AttestationId: unusedID, WireguardPublicKey: otherPub[:31]}, codes.InvalidArgument, tunnel.ReasonInvalidRequest},
 	} {
@@ -127,6 +133,47 @@ func TestRefusalsChangeNothing(t *testing.T) {
 	require.NoError(t, err)
 	_, err = tm.node.OpenTunnel(ctx, &tunnelmgrv1.OpenTunnelRequest{AttestationId: attID, WireguardPublicKey: pub[:]})
 	require.Equal(t, codes.PermissionDenied, status.Code(err))
+	evs, err := e.store.QueryEvents(ctx, inventory.EventQuery{Kinds: []string{tunnel.KindRefused}})
+	require.NoError(t, err)
+	require.Equal(t, tunnel.ReasonAttestationConsumed, evs[len(evs)-1].Reason)
+	// The disabled node's attestation was not consumed: enabled again, it opens its tunnel.
+	on := true
+	_, err = e.store.UpdateNode(ctx, "n4", inventory.NodeUpdate{Enabled: &on})
+	require.NoError(t, err)
+	_, err = tm.node.OpenTunnel(ctx, &tunnelmgrv1.OpenTunnelRequest{AttestationId: disabledID, WireguardPublicKey: disabledPub[:]})
+	require.NoError(t, err)
+}
+
+// TestRetriesRacingTheirOpenGetItsTunnel: calls with one attestation at once (a node retrying a
+// call whose answer is late) consume it once and all get that one tunnel, not a refusal.
+func TestRetriesRacingTheirOpenGetItsTunnel(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	e := newEnv(t)
+	tm := e.start(t, instanceOpts{})
+	id, key := e.attestation(t, "n1")
+	pub := key.PublicKey()
+	const n = 8
+	ids := make([]string, n)
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			resp, err := tm.node.OpenTunnel(ctx, &tunnelmgrv1.OpenTunnelRequest{AttestationId: id, WireguardPublicKey: pub[:]})
+			ids[i], errs[i] = resp.GetTunnelId(), err
+		})
+	}
+	wg.Wait()
+	for i := range n {
+		require.NoError(t, errs[i], "call %d", i)
+		require.Equal(t, ids[0], ids[i], "call %d", i)
+	}
+	open, err := e.store.OpenTunnels(ctx, "gw1")
+	require.NoError(t, err)
+	require.Len(t, open, 1)
+	evs, err := e.store.QueryEvents(ctx, inventory.EventQuery{Kinds: []string{tunnel.KindRefused}})
+	require.NoError(t, err)
+	require.Empty(t, evs)
 }
 
 func TestConcurrentOpensThroughTwoInstancesShareOnePool(t *testing.T) {

@@ -121,3 +121,23 @@ func (q *Queries) ConsumeAttestation(ctx context.Context, id string) (Attestatio
 	}
 	return a, fmt.Errorf("%s: %w", op, ErrAttestationSpent)
 }
+
+// ConsumeAttestationFor is ConsumeAttestation for opening a tunnel, in one round trip: it
+// consumes the attestation only if it is also bound to key and its node is enabled. It reports
+// false, and changes nothing, when no such attestation was there to consume (unknown, bound to
+// another key, consumed before, expired, its node disabled): the caller reads the attestation
+// and its node to tell which. Concurrent callers for one attestation consume it once.
+func (q *Queries) ConsumeAttestationFor(ctx context.Context, id string, key []byte) (Attestation, bool, error) {
+	a, err := scanAttestation(q.db.QueryRow(ctx, `
+		UPDATE attestations a SET consumed_at = $2
+		WHERE id = $1 AND consumed_at IS NULL AND expires_at > $2 AND wireguard_public_key = $3
+			AND EXISTS (SELECT 1 FROM nodes n WHERE n.id = a.node_id AND n.enabled)
+		RETURNING `+attestationColumns, id, q.now(), key))
+	if errors.Is(err, pgx.ErrNoRows) {
+		return Attestation{}, false, nil
+	}
+	if err != nil {
+		return Attestation{}, false, dbError(fmt.Sprintf("consume attestation %s", id), err)
+	}
+	return a, true, nil
+}

@@ -121,6 +121,70 @@ func TestAttestationsAreSingleUse(t *testing.T) {
 	require.ErrorIs(t, err, inventory.ErrAttestationSpent)
 }
 
+// TestConsumeAttestationFor: only an unconsumed, unexpired attestation of the key, whose node
+// is enabled, is consumed; every other one is left as it was.
+func TestConsumeAttestationFor(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	b := setup(t)
+	_, err := b.store.CreateNode(ctx, inventory.Node{ID: "n1", Enabled: true})
+	require.NoError(t, err)
+	attestation := func(n byte) inventory.Attestation {
+		t.Helper()
+		sess, err := b.store.CreateSession(ctx, newSession("n1", n), time.Minute)
+		require.NoError(t, err)
+		ak := sha256.Sum256(sess.AKPublic)
+		a, err := b.store.CreateAttestation(ctx, inventory.Attestation{
+			SessionID: sess.ID, NodeID: "n1", EKSHA256: sess.EKSHA256, AKSHA256: ak[:], WireGuardPublicKey: sess.WireGuardPublicKey,
+		}, time.Minute)
+		require.NoError(t, err)
+		return a
+	}
+	unconsumed := func(a inventory.Attestation, why string) {
+		t.Helper()
+		got, err := b.store.GetAttestation(ctx, a.ID)
+		require.NoError(t, err)
+		require.True(t, got.ConsumedAt.IsZero(), why)
+	}
+
+	a := attestation(1)
+	other := bytes.Repeat([]byte{9}, 32)
+	_, ok, err := b.store.ConsumeAttestationFor(ctx, a.ID, other)
+	require.NoError(t, err)
+	require.False(t, ok, "another key")
+	unconsumed(a, "another key")
+	_, ok, err = b.store.ConsumeAttestationFor(ctx, "00000000-0000-4000-8000-000000000000", a.WireGuardPublicKey)
+	require.NoError(t, err)
+	require.False(t, ok, "an unknown id")
+
+	off := false
+	_, err = b.store.UpdateNode(ctx, "n1", inventory.NodeUpdate{Enabled: &off})
+	require.NoError(t, err)
+	_, ok, err = b.store.ConsumeAttestationFor(ctx, a.ID, a.WireGuardPublicKey)
+	require.NoError(t, err)
+	require.False(t, ok, "a disabled node")
+	unconsumed(a, "a disabled node")
+	on := true
+	_, err = b.store.UpdateNode(ctx, "n1", inventory.NodeUpdate{Enabled: &on})
+	require.NoError(t, err)
+
+	used, ok, err := b.store.ConsumeAttestationFor(ctx, a.ID, a.WireGuardPublicKey)
+	require.NoError(t, err)
+	require.True(t, ok)
+	require.Equal(t, a.ID, used.ID)
+	require.Equal(t, b.clock.Now(), used.ConsumedAt)
+	_, ok, err = b.store.ConsumeAttestationFor(ctx, a.ID, a.WireGuardPublicKey)
+	require.NoError(t, err)
+	require.False(t, ok, "consumed before")
+
+	late := attestation(2)
+	b.clock.Advance(time.Minute) // expires_at is exclusive
+	_, ok, err = b.store.ConsumeAttestationFor(ctx, late.ID, late.WireGuardPublicKey)
+	require.NoError(t, err)
+	require.False(t, ok, "expired")
+	unconsumed(late, "expired")
+}
+
 func TestBatchedSessionWritesAreAtomic(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()

@@ -123,7 +123,7 @@ func (q *Queries) OpenTunnel(ctx context.Context, t Tunnel, ttl time.Duration, e
 			(SELECT 1::bigint AS off UNION SELECT off + 1 FROM used) EXCEPT SELECT off FROM used
 		) candidates WHERE off BETWEEN 1 AND $12
 	)`
-	stored, err := q.insertTunnel(ctx, op, g, t, offset, ttl, events, prefixBase(pool), addrParam(own), g.MaxOffset())
+	stored, err := q.insertTunnel(ctx, op, g, t, offset, "", ttl, events, prefixBase(pool), addrParam(own), g.MaxOffset())
 	if errors.Is(err, pgx.ErrNoRows) {
 		return Tunnel{}, fmt.Errorf("%s: %w (%s)", op, ErrPoolExhausted, pool)
 	}
@@ -147,8 +147,10 @@ var ErrAddressTaken = fmt.Errorf("address taken: %w", ErrConflict)
 
 // OpenTunnelAt is OpenTunnel at a given offset into g's pools (the one TunnelOffset gives), with
 // no lock: the caller allocates. It is ErrAddressTaken when an open tunnel of g holds that
-// address already, and ErrPoolExhausted for an offset outside the pool. Inside InTx, call it in
-// a savepoint if the transaction must survive ErrAddressTaken.
+// address of the primary pool (IPv4 if g has one) already, and ErrPoolExhausted for an offset
+// outside the pool. ErrAddressTaken inserts nothing and leaves the transaction usable (the
+// insert does nothing on that conflict), so a caller inside InTx may go on to another offset
+// without a savepoint. Any other conflict fails the statement, and so the transaction.
 func (q *Queries) OpenTunnelAt(ctx context.Context, g Gateway, offset int64, t Tunnel, ttl time.Duration, events ...Event) (Tunnel, error) {
 	op := fmt.Sprintf("open tunnel on gateway %q for node %q", g.Name, t.NodeID)
 	if offset < 1 || offset > g.MaxOffset() {
@@ -159,16 +161,21 @@ func (q *Queries) OpenTunnelAt(ctx context.Context, g Gateway, offset int64, t T
 		return Tunnel{}, fmt.Errorf("%s: offset %d is the gateway's own address: %w", op, offset, ErrAddressTaken)
 	}
 	t.Gateway = g.Name
-	stored, err := q.insertTunnel(ctx, op, g, t, "$10::bigint", ttl, events, offset)
-	if addressTaken(err) {
+	_, _, column := g.primaryPool()
+	// The index inferred is tunnels_open_address_v4 (or _v6): a conflict there inserts nothing.
+	conflict := `ON CONFLICT (gateway, ` + column + `) WHERE state = 'open' DO NOTHING`
+	stored, err := q.insertTunnel(ctx, op, g, t, "$10::bigint", conflict, ttl, events, offset)
+	if errors.Is(err, pgx.ErrNoRows) {
 		return Tunnel{}, fmt.Errorf("%s: offset %d: %w", op, offset, ErrAddressTaken)
 	}
 	return stored, err
 }
 
 // insertTunnel inserts t at the offset the SQL expression offset gives (its arguments are extra,
-// numbered from $10), with the events, in one round trip. pgx.ErrNoRows: offset was NULL.
-func (q *Queries) insertTunnel(ctx context.Context, op string, g Gateway, t Tunnel, offset string, ttl time.Duration, events []Event, extra ...any) (Tunnel, error) {
+// numbered from $10), with the events, in one round trip; conflict is the insert's ON CONFLICT
+// clause, if any. pgx.ErrNoRows: nothing was inserted (offset was NULL, or the conflict clause
+// skipped the row), and neither were the events.
+func (q *Queries) insertTunnel(ctx context.Context, op string, g Gateway, t Tunnel, offset, conflict string, ttl time.Duration, events []Event, extra ...any) (Tunnel, error) {
 	id, err := uuid.NewRandom()
 	if err != nil {
 		return Tunnel{}, fmt.Errorf("%s: %w", op, err)
@@ -182,6 +189,7 @@ func (q *Queries) insertTunnel(ctx context.Context, op string, g Gateway, t Tunn
 			state, opened_at, expires_at)
 		SELECT $2, $1, $3, $4, $5, $6::inet + free.off, $7::inet + free.off, 'open', $8, $9
 		FROM (SELECT `+offset+` AS off) free WHERE free.off IS NOT NULL
+		`+conflict+`
 		RETURNING `+tunnelColumns, args...)
 	for _, e := range events {
 		at := e.At

@@ -217,8 +217,8 @@ func TestTunnelExpiryAndListing(t *testing.T) {
 }
 
 // TestOpenTunnelAt: the caller's offset becomes the same offset in both pools; an address in
-// use is ErrAddressTaken (a conflict) and leaves nothing behind; an offset outside the pool is
-// ErrPoolExhausted; the offsets read back with TunnelOffset.
+// use is ErrAddressTaken (a conflict), leaves nothing behind and does not fail the transaction;
+// an offset outside the pool is ErrPoolExhausted; the offsets read back with TunnelOffset.
 func TestOpenTunnelAt(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
@@ -248,24 +248,39 @@ func TestOpenTunnelAt(t *testing.T) {
 	_, err = openAt(4, attested(t, b, "n2", "gw1"))
 	require.ErrorIs(t, err, inventory.ErrAddressTaken)
 	require.ErrorIs(t, err, inventory.ErrConflict)
+	// A taken address leaves the transaction usable: the next offset goes in it.
+	var next inventory.Tunnel
+	req := attested(t, b, "n5", "gw1")
+	err = b.store.InTx(ctx, func(q *inventory.Queries) error {
+		_, err := q.OpenTunnelAt(ctx, g, 4, req, time.Minute, inventory.Event{NodeID: "n5", Kind: "tunnel.opened", Service: "test"})
+		require.ErrorIs(t, err, inventory.ErrAddressTaken)
+		next, err = q.OpenTunnelAt(ctx, g, 5, req, time.Minute, inventory.Event{NodeID: "n5", Kind: "tunnel.opened", Service: "test"})
+		return err
+	})
+	require.NoError(t, err)
+	require.EqualValues(t, 5, g.TunnelOffset(next))
+	evs, err := b.store.QueryEvents(ctx, inventory.EventQuery{NodeID: "n5"})
+	require.NoError(t, err)
+	require.Len(t, evs, 1, "the event of the insert that took its address only")
+	require.Equal(t, next.ID, evs[0].Detail["tunnel_id"])
 	_, err = openAt(1, attested(t, b, "n2", "gw1"))
 	require.ErrorIs(t, err, inventory.ErrConflict, "the gateway's own address")
 	for _, off := range []int64{0, 7, -1} {
 		_, err = openAt(off, attested(t, b, "n2", "gw1"))
 		require.ErrorIs(t, err, inventory.ErrPoolExhausted, "offset %d", off)
 	}
-	evs, err := b.store.QueryEvents(ctx, inventory.EventQuery{NodeID: "n2"})
+	evs, err = b.store.QueryEvents(ctx, inventory.EventQuery{NodeID: "n2"})
 	require.NoError(t, err)
 	require.Empty(t, evs, "a refused open writes no event")
 	n, err := b.store.CountOpenTunnels(ctx, "gw1")
 	require.NoError(t, err)
-	require.EqualValues(t, 1, n)
+	require.EqualValues(t, 2, n)
 	gateway(t, b, "gw2", "100.65.0.0/24", "fd01::/64")
 	_, err = open(t, b, attested(t, b, "n4", "gw2"))
 	require.NoError(t, err)
 	all, err := b.store.CountAllOpenTunnels(ctx)
 	require.NoError(t, err)
-	require.EqualValues(t, 2, all, "one on each gateway")
+	require.EqualValues(t, 3, all, "two on gw1, one on gw2")
 
 	// The locked allocation still finds the lowest free address around it.
 	low, err := open(t, b, attested(t, b, "n3", "gw1"))

@@ -4,8 +4,9 @@
 // in single file. Here a take costs a map lookup under a mutex.
 //
 // The inventory's unique indexes stay the arbiter: the pool may be wrong (another replica took
-// an address, or freed one, since the pool last read the inventory), and a wrong guess is a
-// unique violation the caller answers with MarkUsed and another Take; Reset re-reads the truth.
+// an address, or freed one, since the pool last read the inventory), and a wrong guess inserts
+// nothing (the insert yields to the unique index) and the caller answers with MarkUsed and
+// another Take; Reset re-reads the truth.
 package addrpool
 
 import (

@@ -178,44 +178,17 @@ func (n nodeFacing) OpenTunnel(ctx context.Context, req *tunnelmgrv1.OpenTunnelR
 		return nil, s.refuse(ctx, "", refusal{codes.Internal, "internal", err}, detail)
 	}
 	err := s.store.InTx(ctx, func(q *inventory.Queries) error {
-		a, err := q.GetAttestation(ctx, req.GetAttestationId())
-		if errors.Is(err, inventory.ErrNotFound) {
-			ref = &refusal{codes.PermissionDenied, ReasonAttestationUnknown, err}
-			return nil
-		} else if err != nil {
-			return err
-		}
-		nodeID = a.NodeID
-		if !bytes.Equal(a.WireGuardPublicKey, req.GetWireguardPublicKey()) {
-			ref = &refusal{codes.PermissionDenied, ReasonKeyMismatch, errors.New("key differs from the one the quote bound")}
-			return nil
-		}
-		if !a.ConsumedAt.IsZero() {
-			// A retry of a call whose answer was lost gets the same open tunnel.
-			prev, err := q.TunnelOfAttestation(ctx, a.ID)
-			if err == nil && prev.State == inventory.TunnelOpen && prev.Gateway == s.cfg.Info.Name {
-				t, reused = prev, true
-				return nil
-			}
-			ref = &refusal{codes.PermissionDenied, ReasonAttestationConsumed, errors.New("attestation already consumed")}
-			return nil
-		}
-		node, err := q.GetNode(ctx, a.NodeID)
+		a, ok, err := q.ConsumeAttestationFor(ctx, req.GetAttestationId(), req.GetWireguardPublicKey())
 		if err != nil {
 			return err
 		}
-		if !node.Enabled {
-			ref = &refusal{codes.PermissionDenied, ReasonNodeDisabled, errors.New("node is disabled")}
-			return nil
-		}
-		if _, err := q.ConsumeAttestation(ctx, a.ID); errors.Is(err, inventory.ErrAttestationSpent) {
-			// Not a verdict on the node: it was too slow (a storm), or raced itself. Like the
-			// attestor's expired session, FailedPrecondition tells it to attest again.
-			ref = &refusal{codes.FailedPrecondition, ReasonAttestationExpired, err}
-			return nil
-		} else if err != nil {
+		if !ok {
+			// Only refusals and retried calls read why: a boot's open is one statement here.
+			nodeID, t, ref, err = s.unconsumed(ctx, q, req)
+			reused = ref == nil && err == nil
 			return err
 		}
+		nodeID = a.NodeID
 		t, offset, err = s.insert(ctx, q, inventory.Tunnel{
 			Gateway: s.cfg.Info.Name, NodeID: a.NodeID, AttestationID: a.ID, WireGuardPublicKey: a.WireGuardPublicKey,
 		}, inventory.Event{NodeID: a.NodeID, Kind: KindOpened, Service: "tunnelmgr"})
@@ -247,6 +220,37 @@ func (n nodeFacing) OpenTunnel(ctx context.Context, req *tunnelmgrv1.OpenTunnelR
 	return s.response(t), nil
 }
 
+// unconsumed tells why ConsumeAttestationFor consumed nothing: the refusal, or, for a retry of
+// a call whose answer was lost, the tunnel that call opened (then ref is nil).
+func (s *Server) unconsumed(ctx context.Context, q *inventory.Queries, req *tunnelmgrv1.OpenTunnelRequest) (nodeID string, t inventory.Tunnel, ref *refusal, err error) {
+	a, err := q.GetAttestation(ctx, req.GetAttestationId())
+	if errors.Is(err, inventory.ErrNotFound) {
+		return "", t, &refusal{codes.PermissionDenied, ReasonAttestationUnknown, err}, nil
+	} else if err != nil {
+		return "", t, nil, err
+	}
+	if !bytes.Equal(a.WireGuardPublicKey, req.GetWireguardPublicKey()) {
+		return a.NodeID, t, &refusal{codes.PermissionDenied, ReasonKeyMismatch, errors.New("key differs from the one the quote bound")}, nil
+	}
+	if !a.ConsumedAt.IsZero() {
+		prev, err := q.TunnelOfAttestation(ctx, a.ID)
+		if err == nil && prev.State == inventory.TunnelOpen && prev.Gateway == s.cfg.Info.Name {
+			return a.NodeID, prev, nil, nil
+		}
+		return a.NodeID, t, &refusal{codes.PermissionDenied, ReasonAttestationConsumed, errors.New("attestation already consumed")}, nil
+	}
+	node, err := q.GetNode(ctx, a.NodeID)
+	if err != nil {
+		return a.NodeID, t, nil, err
+	}
+	if !node.Enabled {
+		return a.NodeID, t, &refusal{codes.PermissionDenied, ReasonNodeDisabled, errors.New("node is disabled")}, nil
+	}
+	// Expired. Not a verdict on the node: it was too slow (a storm). Like the attestor's expired
+	// session, FailedPrecondition tells it to attest again.
+	return a.NodeID, t, &refusal{codes.FailedPrecondition, ReasonAttestationExpired, inventory.ErrAttestationSpent}, nil
+}
+
 // maxGuesses bounds the addresses tried from the in-memory pool before the inventory decides;
 // maxFallbacks the inventory's tries (each can lose its address to a guess committed first).
 const (
@@ -258,8 +262,8 @@ const (
 // elsewhere (expiries, another replica) come back then.
 const reloadEvery = time.Minute
 
-// insert records t at an address from the in-memory pool, each guess in a savepoint so that a
-// wrong one (another replica holds it) costs a retry, not the transaction; after maxGuesses
+// insert records t at an address from the in-memory pool; a wrong guess (another replica holds
+// it) inserts nothing and costs a retry, not the transaction; after maxGuesses
 // wrong guesses, or when the pool looks exhausted, the inventory's locked lowest-free search
 // decides (and the pool re-reads the inventory at the next open); it too can lose its address
 // to a guess committed first, and is retried. It returns the offset it took from the pool (0
@@ -270,12 +274,7 @@ func (s *Server) insert(ctx context.Context, q *inventory.Queries, t inventory.T
 		if !ok {
 			break
 		}
-		var out inventory.Tunnel
-		err := q.Savepoint(ctx, func(q *inventory.Queries) error {
-			var err error
-			out, err = q.OpenTunnelAt(ctx, s.cfg.Info, off, t, s.cfg.TTL, ev)
-			return err
-		})
+		out, err := q.OpenTunnelAt(ctx, s.cfg.Info, off, t, s.cfg.TTL, ev)
 		if !errors.Is(err, inventory.ErrAddressTaken) {
 			return out, off, err
 		}
