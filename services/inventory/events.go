@@ -2,6 +2,7 @@ package inventory
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"strconv"
 	"strings"
@@ -62,6 +63,40 @@ func (q *Queries) AppendEvent(ctx context.Context, e Event) (Event, error) {
 		return Event{}, dbError(fmt.Sprintf("append event %q", e.Kind), err)
 	}
 	return stored, nil
+}
+
+// appendEvents records events in one statement (none: no statement), each timed at now unless
+// it carries its own time.
+func (q *Queries) appendEvents(ctx context.Context, events []Event) error {
+	if len(events) == 0 {
+		return nil
+	}
+	now := q.now()
+	n := len(events)
+	ats := make([]time.Time, n)
+	nodes, kinds, services, reasons, details := make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+	for i, e := range events {
+		ats[i] = e.At
+		if ats[i].IsZero() {
+			ats[i] = now
+		}
+		detail := e.Detail
+		if detail == nil {
+			detail = map[string]any{}
+		}
+		b, err := json.Marshal(detail)
+		if err != nil {
+			return fmt.Errorf("append event %q: detail: %w", e.Kind, err)
+		}
+		nodes[i], kinds[i], services[i], reasons[i], details[i] = e.NodeID, e.Kind, e.Service, e.Reason, string(b)
+	}
+	_, err := q.db.Exec(ctx, `
+		INSERT INTO events (at, node_id, kind, service, reason, detail)
+		SELECT at, NULLIF(node_id, ''), kind, service, reason, detail::jsonb
+		FROM unnest($1::timestamptz[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[])
+			AS e(at, node_id, kind, service, reason, detail)`,
+		ats, nodes, kinds, services, reasons, details)
+	return dbError(fmt.Sprintf("append %d events", n), err)
 }
 
 const insertEvent = `INSERT INTO events (at, node_id, kind, service, reason, detail)

@@ -17,7 +17,9 @@ import (
 // caller still gets its own all-or-nothing outcome. A group first runs without savepoints (two
 // round trips per caller fewer, and no subtransactions: past 64 of them every snapshot in the
 // database gets slower); only when one of its callers fails is it rolled back and run again
-// with a savepoint per caller.
+// with a savepoint per caller. The events of AppendEventGrouped's callers (refusals and
+// deliveries: four in ten of the grouped writes of a 10,000-node storm) go in together, one
+// statement per group.
 
 const (
 	// maxGroup bounds the callers of one shared transaction: its locks are held, and its
@@ -27,11 +29,14 @@ const (
 	groupTimeout = 30 * time.Second
 )
 
-// groupJob is one caller of GroupTx.
+// groupJob is one caller of GroupTx, or of AppendEventGrouped.
 type groupJob struct {
-	ctx  context.Context
-	fn   func(q *Queries) error
-	done chan error
+	ctx context.Context
+	fn  func(q *Queries) error
+	// event is AppendEventGrouped's: a group inserts all of its events in one statement, and
+	// runs fn (which appends the event alone) only when it runs with savepoints.
+	event *Event
+	done  chan error
 }
 
 // GroupTx runs fn atomically, like InTx, but in a transaction shared with other concurrent
@@ -75,10 +80,26 @@ func (s *Store) runGroupTx(ctx context.Context, jobs []*groupJob, savepoints boo
 	errs := make([]error, len(jobs))
 	ran := 0
 	err := s.InTx(ctx, func(q *Queries) error {
+		var events []Event
 		for i, j := range jobs {
-			if err := j.ctx.Err(); err != nil {
-				errs[i] = err
+			errs[i] = j.ctx.Err()
+			if errs[i] == nil && j.event != nil && !savepoints {
+				events = append(events, *j.event)
+			}
+		}
+		if err := q.appendEvents(ctx, events); err != nil {
+			return errCallerFailed
+		}
+		for i, j := range jobs {
+			if errs[i] != nil {
 				continue
+			}
+			if j.event != nil && !savepoints {
+				ran++ // inserted above
+				continue
+			}
+			if errs[i] = j.ctx.Err(); errs[i] != nil {
+				continue // ended while the callers before it ran
 			}
 			if savepoints {
 				errs[i] = q.Savepoint(ctx, func(q *Queries) error { return runCaller(ctx, q, j) })
@@ -150,16 +171,18 @@ func (q *Queries) Savepoint(ctx context.Context, fn func(q *Queries) error) (err
 	return dbError("release savepoint", sp.Commit(ctx))
 }
 
-// AppendEventGrouped is AppendEvent through GroupTx: for the events of many independent
-// callers (refusals, deliveries), which need their own record but not their own commit.
-func (s *Store) AppendEventGrouped(ctx context.Context, e Event) (Event, error) {
-	var out Event
-	err := s.GroupTx(ctx, func(q *Queries) error {
-		var err error
-		out, err = q.AppendEvent(ctx, e)
+// AppendEventGrouped records e through GroupTx: for the events of many independent callers
+// (refusals, deliveries), which need their own record but not their own commit. The events of
+// one group are inserted together, in one statement; if that fails, each caller's is tried
+// alone, so that one bad event fails only its own caller.
+func (s *Store) AppendEventGrouped(ctx context.Context, e Event) error {
+	j := &groupJob{ctx: ctx, event: &e, done: make(chan error, 1)}
+	j.fn = func(q *Queries) error {
+		_, err := q.AppendEvent(ctx, e)
 		return err
-	})
-	return out, err
+	}
+	s.group.Add(j)
+	return <-j.done
 }
 
 // groupDB runs a GroupTx caller's statements under the group's context instead of the one the

@@ -212,3 +212,75 @@ func TestGroupTxOutlivesACancelledCaller(t *testing.T) {
 		require.NoError(t, err, id)
 	}
 }
+
+// TestAppendEventGroupedInsertsAGroupsEventsTogether: the events of callers queued for one
+// group go in with one statement (one command id) of one transaction, beside the group's other
+// callers; an event the database refuses fails its own caller only, and the rest still go in.
+func TestAppendEventGroupedInsertsAGroupsEventsTogether(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx := t.Context()
+	group := func(kinds []string) []error {
+		t.Helper()
+		release := hold(t, b.store)
+		errs := make([]error, len(kinds)+1)
+		var wg sync.WaitGroup
+		for i, kind := range kinds {
+			wg.Go(func() {
+				errs[i] = b.store.AppendEventGrouped(ctx, inventory.Event{
+					NodeID: fmt.Sprintf("n%d", i), Kind: kind, Service: "test", Reason: "r", Detail: map[string]any{"i": i},
+				})
+			})
+		}
+		wg.Go(func() { // a caller of GroupTx in the same group
+			errs[len(kinds)] = b.store.GroupTx(ctx, func(q *inventory.Queries) error {
+				_, err := q.CreateNode(ctx, inventory.Node{ID: "beside-" + kinds[0], Enabled: true})
+				return err
+			})
+		})
+		for inventory.GroupQueued(b.store) < len(kinds)+1 {
+			time.Sleep(time.Millisecond)
+		}
+		release()
+		wg.Wait()
+		return errs
+	}
+	commands := func(kind string) (events, xids, cmds int) {
+		t.Helper()
+		require.NoError(t, b.pool.QueryRow(ctx, `SELECT count(*), count(DISTINCT xmin::text), count(DISTINCT cmin::text)
+			FROM events WHERE kind = $1`, kind).Scan(&events, &xids, &cmds))
+		return events, xids, cmds
+	}
+
+	const n = 50
+	kinds := make([]string, n)
+	for i := range kinds {
+		kinds[i] = "test.grouped"
+	}
+	for i, err := range group(kinds) {
+		require.NoError(t, err, "caller %d", i)
+	}
+	events, xids, cmds := commands("test.grouped")
+	require.Equal(t, n, events)
+	require.Equal(t, 1, xids, "one transaction")
+	require.Equal(t, 1, cmds, "one statement")
+	got, err := b.store.QueryEvents(ctx, inventory.EventQuery{NodeID: "n7"})
+	require.NoError(t, err)
+	require.Len(t, got, 1)
+	require.Equal(t, "test", got[0].Service)
+	require.Equal(t, "r", got[0].Reason)
+	require.EqualValues(t, 7, got[0].Detail["i"])
+	require.Equal(t, b.clock.Now(), got[0].At)
+
+	kinds = []string{"test.isolated", "test.isolated", "", "test.isolated"} // "" breaks a CHECK
+	errs := group(kinds)
+	require.NoError(t, errs[0])
+	require.NoError(t, errs[1])
+	require.ErrorIs(t, errs[2], inventory.ErrInvalid)
+	require.NoError(t, errs[3])
+	require.NoError(t, errs[4], "the GroupTx caller beside them")
+	events, _, _ = commands("test.isolated") // in savepoints: a transaction id each
+	require.Equal(t, 3, events, "all but the refused one")
+	_, err = b.store.GetNode(ctx, "beside-test.isolated")
+	require.NoError(t, err)
+}

@@ -143,7 +143,7 @@ func (s *Server) record(ctx context.Context, nodeID string, r *refusal, detail m
 		detail = map[string]any{}
 	}
 	detail["code"] = r.code.String()
-	if _, err := s.store.AppendEventGrouped(ctx, inventory.Event{
+	if err := s.store.AppendEventGrouped(ctx, inventory.Event{
 		NodeID: eventNodeID(nodeID), Kind: KindRefused, Service: "attestor", Reason: r.reason, Detail: detail,
 	}); err != nil {
 		s.logger.ErrorContext(ctx, "record refusal", "node", nodeID, "reason", r.reason, "err", err)

@@ -427,7 +427,7 @@ func (s *Server) recordDelivery(ctx context.Context, d *document, doc, nodeID, t
 			if len(d.res.Withheld) > 0 {
 				detail["withheld_after_phone_home"] = d.res.Withheld
 			}
-			if _, err := s.store.AppendEventGrouped(ctx, inventory.Event{NodeID: nodeID, Kind: EventSecretsDelivered, Service: eventService, Detail: detail}); err != nil {
+			if err := s.store.AppendEventGrouped(ctx, inventory.Event{NodeID: nodeID, Kind: EventSecretsDelivered, Service: eventService, Detail: detail}); err != nil {
 				return err
 			}
 			d.recorded.Store(true)
@@ -451,7 +451,7 @@ func contains(list []string, s string) bool {
 // refuse answers code and records why, never telling the caller more than the code.
 func (s *Server) refuse(ctx context.Context, w http.ResponseWriter, code int, nodeID, reason string, detail map[string]any) {
 	s.log.WarnContext(ctx, "datasource refused a request", "code", code, "node", nodeID, "reason", reason, "detail", detail)
-	if _, err := s.store.AppendEventGrouped(context.WithoutCancel(ctx), inventory.Event{
+	if err := s.store.AppendEventGrouped(context.WithoutCancel(ctx), inventory.Event{
 		NodeID: nodeID, Kind: EventRefused, Service: eventService, Reason: reason, Detail: detail,
 	}); err != nil {
 		s.log.ErrorContext(ctx, "datasource: record refusal", "err", err)

@@ -141,7 +141,7 @@ func (s *Server) refuse(ctx context.Context, nodeID string, r refusal, detail ma
 	}
 	s.logger.InfoContext(ctx, "tunnel refused", "node", nodeID, "reason", r.reason, "err", r.err)
 	detail["gateway"] = s.cfg.Info.Name
-	if _, err := s.store.AppendEventGrouped(ctx, inventory.Event{
+	if err := s.store.AppendEventGrouped(ctx, inventory.Event{
 		NodeID: nodeID, Kind: KindRefused, Service: "tunnelmgr", Reason: r.reason, Detail: detail,
 	}); err != nil {
 		s.logger.ErrorContext(ctx, "record tunnel refusal", "err", err)
