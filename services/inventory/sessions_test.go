@@ -127,32 +127,18 @@ func TestConsumeAttestationFor(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	b := setup(t)
-	_, err := b.store.CreateNode(ctx, inventory.Node{ID: "n1", Enabled: true})
-	require.NoError(t, err)
-	attestation := func(n byte) inventory.Attestation {
+	unconsumed := func(id, why string) {
 		t.Helper()
-		sess, err := b.store.CreateSession(ctx, newSession("n1", n), time.Minute)
-		require.NoError(t, err)
-		ak := sha256.Sum256(sess.AKPublic)
-		a, err := b.store.CreateAttestation(ctx, inventory.Attestation{
-			SessionID: sess.ID, NodeID: "n1", EKSHA256: sess.EKSHA256, AKSHA256: ak[:], WireGuardPublicKey: sess.WireGuardPublicKey,
-		}, time.Minute)
-		require.NoError(t, err)
-		return a
-	}
-	unconsumed := func(a inventory.Attestation, why string) {
-		t.Helper()
-		got, err := b.store.GetAttestation(ctx, a.ID)
+		got, err := b.store.GetAttestation(ctx, id)
 		require.NoError(t, err)
 		require.True(t, got.ConsumedAt.IsZero(), why)
 	}
 
-	a := attestation(1)
-	other := bytes.Repeat([]byte{9}, 32)
-	_, ok, err := b.store.ConsumeAttestationFor(ctx, a.ID, other)
+	a := attested(t, b, "n1", "") // its attestation and key, for node n1
+	_, ok, err := b.store.ConsumeAttestationFor(ctx, a.AttestationID, bytes.Repeat([]byte{9}, 32))
 	require.NoError(t, err)
 	require.False(t, ok, "another key")
-	unconsumed(a, "another key")
+	unconsumed(a.AttestationID, "another key")
 	_, ok, err = b.store.ConsumeAttestationFor(ctx, "00000000-0000-4000-8000-000000000000", a.WireGuardPublicKey)
 	require.NoError(t, err)
 	require.False(t, ok, "an unknown id")
@@ -160,29 +146,29 @@ func TestConsumeAttestationFor(t *testing.T) {
 	off := false
 	_, err = b.store.UpdateNode(ctx, "n1", inventory.NodeUpdate{Enabled: &off})
 	require.NoError(t, err)
-	_, ok, err = b.store.ConsumeAttestationFor(ctx, a.ID, a.WireGuardPublicKey)
+	_, ok, err = b.store.ConsumeAttestationFor(ctx, a.AttestationID, a.WireGuardPublicKey)
 	require.NoError(t, err)
 	require.False(t, ok, "a disabled node")
-	unconsumed(a, "a disabled node")
+	unconsumed(a.AttestationID, "a disabled node")
 	on := true
 	_, err = b.store.UpdateNode(ctx, "n1", inventory.NodeUpdate{Enabled: &on})
 	require.NoError(t, err)
 
-	used, ok, err := b.store.ConsumeAttestationFor(ctx, a.ID, a.WireGuardPublicKey)
+	used, ok, err := b.store.ConsumeAttestationFor(ctx, a.AttestationID, a.WireGuardPublicKey)
 	require.NoError(t, err)
 	require.True(t, ok)
-	require.Equal(t, a.ID, used.ID)
+	require.Equal(t, a.AttestationID, used.ID)
 	require.Equal(t, b.clock.Now(), used.ConsumedAt)
-	_, ok, err = b.store.ConsumeAttestationFor(ctx, a.ID, a.WireGuardPublicKey)
+	_, ok, err = b.store.ConsumeAttestationFor(ctx, a.AttestationID, a.WireGuardPublicKey)
 	require.NoError(t, err)
 	require.False(t, ok, "consumed before")
 
-	late := attestation(2)
+	late := attested(t, b, "n1", "")
 	b.clock.Advance(time.Minute) // expires_at is exclusive
-	_, ok, err = b.store.ConsumeAttestationFor(ctx, late.ID, late.WireGuardPublicKey)
+	_, ok, err = b.store.ConsumeAttestationFor(ctx, late.AttestationID, late.WireGuardPublicKey)
 	require.NoError(t, err)
 	require.False(t, ok, "expired")
-	unconsumed(late, "expired")
+	unconsumed(late.AttestationID, "expired")
 }
 
 func TestBatchedSessionWritesAreAtomic(t *testing.T) {
