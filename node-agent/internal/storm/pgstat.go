@@ -142,8 +142,8 @@ func readStatements(ctx context.Context, q querier) (map[int64]Statement, error)
 }
 
 // statementDelta returns the statements that ran between two readings, the most expensive
-// first, at most limit of them.
-func statementDelta(before, after map[int64]Statement, limit int) []Statement {
+// first.
+func statementDelta(before, after map[int64]Statement) []Statement {
 	var out []Statement
 	for id, a := range after {
 		b := before[id]
@@ -158,5 +158,5 @@ func statementDelta(before, after map[int64]Statement, limit int) []Statement {
 		}
 		return strings.Compare(x.Query, y.Query)
 	})
-	return out[:min(limit, len(out))]
+	return out
 }

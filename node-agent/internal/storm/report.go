@@ -97,11 +97,31 @@ type DBFigures struct {
 	// Per node: all transactions (committed and rolled back, reads included), write
 	// transactions (commit records in the WAL; without pg_walinspect, transaction ids, which
 	// count writing savepoints too), and rows inserted, updated or deleted.
-	XactsPerNode      float64     `json:"transactions_per_node"`
-	WriteXactsPerNode float64     `json:"write_transactions_per_node"`
-	RowsPerNode       float64     `json:"rows_written_per_node"`
-	Statements        []Statement `json:"pg_stat_statements,omitempty"`
-	StatementsNote    string      `json:"pg_stat_statements_note,omitempty"`
+	XactsPerNode      float64 `json:"transactions_per_node"`
+	WriteXactsPerNode float64 `json:"write_transactions_per_node"`
+	RowsPerNode       float64 `json:"rows_written_per_node"`
+	// From pg_stat_statements, when it is loaded: the statements run per node (BEGIN, COMMIT
+	// and savepoints included; each statement of a pipelined batch counts) and their time
+	// executing per node, over every statement; the costliest statements themselves, at most
+	// statementLimit of them.
+	StatementsPerNode  float64     `json:"statements_per_node,omitempty"`
+	StatementMSPerNode float64     `json:"statement_exec_ms_per_node,omitempty"`
+	Statements         []Statement `json:"pg_stat_statements,omitempty"`
+	StatementsNote     string      `json:"pg_stat_statements_note,omitempty"`
+}
+
+// setStatements records the statements a storm ran, the costliest first: all of them in the
+// per-node figures, the first statementLimit in the list.
+func (d *DBFigures) setStatements(all []Statement, nodes int) {
+	var calls int64
+	var ms float64
+	for _, s := range all {
+		calls += s.Calls
+		ms += s.TotalMS
+	}
+	d.StatementsPerNode = perNode(float64(calls), nodes)
+	d.StatementMSPerNode = perNode(ms, nodes)
+	d.Statements = all[:min(statementLimit, len(all))]
 }
 
 // perNode divides a total over the storm's nodes.
@@ -199,6 +219,10 @@ func (r *Report) WriteText(w io.Writer) error {
 			d.XactsPerNode, d.WriteXactsPerNode, writes, d.RowsPerNode, d.Delta.TupInserted, d.Delta.TupUpdated, d.Delta.TupDeleted)
 		if d.StatementsNote != "" {
 			fmt.Fprintf(w, "pg_stat_statements: %s\n", d.StatementsNote)
+		}
+		if len(d.Statements) > 0 {
+			fmt.Fprintf(w, "pg_stat_statements: %.1f statements/node, %.2f ms executing/node; the costliest:\n",
+				d.StatementsPerNode, d.StatementMSPerNode)
 		}
 		for _, s := range d.Statements[:min(8, len(d.Statements))] {
 			fmt.Fprintf(w, "  %8.1f ms %6d calls %6d rows  %s\n", s.TotalMS, s.Calls, s.Rows, oneLine(s.Query, 90))

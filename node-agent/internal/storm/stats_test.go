@@ -2,6 +2,7 @@ package storm
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"strings"
 	"testing"
@@ -64,12 +65,29 @@ func TestStatementDeltaKeepsWhatRanMostExpensiveFirst(t *testing.T) {
 		2: {Query: "UPDATE b", Calls: 3, Rows: 3, TotalMS: 1},      // did not run
 		3: {Query: "INSERT c", Calls: 100, Rows: 100, TotalMS: 40}, // new: 40 ms
 	}
-	got := statementDelta(before, after, 10)
+	got := statementDelta(before, after)
 	require.Equal(t, []Statement{
 		{Query: "INSERT c", Calls: 100, Rows: 100, TotalMS: 40},
 		{Query: "SELECT a", Calls: 100, Rows: 100, TotalMS: 10},
 	}, got)
-	require.Len(t, statementDelta(before, after, 1), 1)
+}
+
+// TestStatementFiguresCountEveryStatement: the per-node figures sum all the statements, the
+// list keeps the costliest statementLimit.
+func TestStatementFiguresCountEveryStatement(t *testing.T) {
+	t.Parallel()
+	all := make([]Statement, statementLimit+5)
+	for i := range all {
+		all[i] = Statement{Query: fmt.Sprintf("SELECT %d", i), Calls: 10, TotalMS: 2}
+	}
+	var d DBFigures
+	d.setStatements(all, 5)
+	require.InDelta(t, float64(10*len(all))/5, d.StatementsPerNode, 1e-9)
+	require.InDelta(t, float64(2*len(all))/5, d.StatementMSPerNode, 1e-9)
+	require.Equal(t, all[:statementLimit], d.Statements)
+	var text strings.Builder
+	require.NoError(t, (&Report{DB: &d}).WriteText(&text))
+	require.Contains(t, text.String(), "pg_stat_statements: 60.0 statements/node, 12.00 ms executing/node; the costliest:")
 }
 
 func TestMilestoneSeries(t *testing.T) {

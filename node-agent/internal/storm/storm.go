@@ -191,7 +191,7 @@ func Run(ctx context.Context, cfg Config) (Report, error) {
 		rep.DB = dbFigures(delta, simRep.Nodes)
 		rep.DB.StatementsNote = stmtsNote
 		if stmtsOK {
-			rep.DB.Statements = statementDelta(before.stmts, after.stmts, statementLimit)
+			rep.DB.setStatements(statementDelta(before.stmts, after.stmts), simRep.Nodes)
 		}
 	}
 	rep.PeerSamples, rep.PeerPolls, rep.PeerPollErrors = smp.peers, len(smp.peers)+smp.peerErrors, smp.peerErrors
