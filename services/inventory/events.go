@@ -33,6 +33,19 @@ type EventQuery struct {
 	Limit        int       // at most this many; 0 means DefaultPageSize, capped at MaxPageSize
 }
 
+// stamped returns what e records: its time, or now when it has none, and its detail, or an
+// empty object when it has none.
+func (e Event) stamped(now time.Time) (time.Time, map[string]any) {
+	at, detail := e.At, e.Detail
+	if at.IsZero() {
+		at = now
+	}
+	if detail == nil {
+		detail = map[string]any{}
+	}
+	return at, detail
+}
+
 const eventColumns = `id, at, COALESCE(node_id, ''), kind, service, reason, detail`
 
 func scanEvent(row pgx.Row) (Event, error) {
@@ -46,18 +59,12 @@ func scanEvent(row pgx.Row) (Event, error) {
 // recorded only if the transaction commits, together with the change it describes. Nothing is
 // notified: followers poll (migrations/0008 says why).
 func (q *Queries) AppendEvent(ctx context.Context, e Event) (Event, error) {
-	if e.At.IsZero() {
-		e.At = q.now()
-	}
-	detail := e.Detail
-	if detail == nil {
-		detail = map[string]any{}
-	}
+	at, detail := e.stamped(q.now())
 	row := q.db.QueryRow(ctx, `
 		INSERT INTO events (at, node_id, kind, service, reason, detail)
 		VALUES ($1, NULLIF($2, ''), $3, $4, $5, $6)
 		RETURNING `+eventColumns,
-		e.At, e.NodeID, e.Kind, e.Service, e.Reason, detail)
+		at, e.NodeID, e.Kind, e.Service, e.Reason, detail)
 	stored, err := scanEvent(row)
 	if err != nil {
 		return Event{}, dbError(fmt.Sprintf("append event %q", e.Kind), err)
@@ -76,14 +83,8 @@ func (q *Queries) appendEvents(ctx context.Context, events []Event) error {
 	ats := make([]time.Time, n)
 	nodes, kinds, services, reasons, details := make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
 	for i, e := range events {
-		ats[i] = e.At
-		if ats[i].IsZero() {
-			ats[i] = now
-		}
-		detail := e.Detail
-		if detail == nil {
-			detail = map[string]any{}
-		}
+		var detail map[string]any
+		ats[i], detail = e.stamped(now)
 		b, err := json.Marshal(detail)
 		if err != nil {
 			return fmt.Errorf("append event %q: detail: %w", e.Kind, err)
@@ -105,14 +106,7 @@ const insertEvent = `INSERT INTO events (at, node_id, kind, service, reason, det
 // queueEvents adds events to a batch, timed at now unless they carry their own time.
 func queueEvents(b *pgx.Batch, now time.Time, events []Event) {
 	for _, e := range events {
-		at := e.At
-		if at.IsZero() {
-			at = now
-		}
-		detail := e.Detail
-		if detail == nil {
-			detail = map[string]any{}
-		}
+		at, detail := e.stamped(now)
 		b.Queue(insertEvent, at, e.NodeID, e.Kind, e.Service, e.Reason, detail)
 	}
 }

@@ -192,14 +192,7 @@ func (q *Queries) insertTunnel(ctx context.Context, op string, g Gateway, t Tunn
 		`+conflict+`
 		RETURNING `+tunnelColumns, args...)
 	for _, e := range events {
-		at := e.At
-		if at.IsZero() {
-			at = now
-		}
-		detail := e.Detail
-		if detail == nil {
-			detail = map[string]any{}
-		}
+		at, detail := e.stamped(now)
 		b.Queue(`
 			INSERT INTO events (at, node_id, kind, service, reason, detail)
 			SELECT $1, NULLIF($2, ''), $3, $4, $5, $6::jsonb || jsonb_build_object(
